@@ -1,0 +1,188 @@
+"""The partner directory and escalation policies: files read by activities, never by workflows.
+
+Reading them on each call means an operator's edit (a partner deactivated, a new phone number,
+a shorter deadline) applies to the next offer of every open referral without breaking replay.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workflows.intake import REGIONS, SERVICES, normalise_phone
+from workflows.models import Candidate, EscalationPolicy, MatchRequest
+
+MessageLanguage = Literal["fr", "ar", "en"]
+
+
+class ConfigError(Exception):
+    """A config file is missing or wrong; the message names the file and the field."""
+
+
+class Contact(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    name: str
+    sms: str | None = None
+    email: str | None = None
+    language: MessageLanguage = "fr"
+
+    @field_validator("sms")
+    @classmethod
+    def _sms(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_phone(value)
+
+
+class Partner(Contact):
+    services: list[str]
+    regions: list[str] = Field(default_factory=list, description="regions covered; empty when national")
+    national: bool = False
+    languages: list[str] = Field(default_factory=list, description="languages spoken with the people they serve")
+    accepts_minors: bool = False
+    accepts_adults: bool = True
+    active: bool = True
+    rank: int = 100
+
+    @model_validator(mode="after")
+    def _known_values(self) -> Partner:
+        for service in self.services:
+            if service not in SERVICES:
+                raise ValueError(f"services: unknown service {service!r}")
+        for region in self.regions:
+            if region not in REGIONS:
+                raise ValueError(f"regions: unknown region {region!r}")
+        if not self.national and not self.regions:
+            raise ValueError("regions: a partner that is not national needs at least one region")
+        return self
+
+
+class Directory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    national_focal_point: Contact
+    coordinators: dict[str, Contact]
+    partners: list[Partner]
+
+    @model_validator(mode="after")
+    def _complete(self) -> Directory:
+        missing = [r for r in REGIONS if r not in self.coordinators]
+        if missing:
+            raise ValueError(f"coordinators: no coordinator for {', '.join(missing)}")
+        ids = [p.id for p in self.partners]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"partners: duplicate ids {', '.join(dupes)}")
+        return self
+
+    def partner(self, partner_id: str) -> Partner | None:
+        return next((p for p in self.partners if p.id == partner_id), None)
+
+    def partner_by_sms(self, number: str) -> Partner | None:
+        return next((p for p in self.partners if p.sms == number), None)
+
+    def coordinator(self, region: str) -> Contact:
+        return self.coordinators.get(region) or self.national_focal_point
+
+    def match(self, request: MatchRequest) -> list[Candidate]:
+        """Active partners offering the service in the region (or nationally) to this age group, best first:
+        regional before national, a shared language first, then the directory's rank."""
+        eligible = [
+            p
+            for p in self.partners
+            if p.active
+            and request.service in p.services
+            and (p.national or request.region in p.regions)
+            and (p.accepts_minors if request.minor else p.accepts_adults)
+        ]
+        wanted = set(request.languages)
+
+        def key(p: Partner) -> tuple:
+            return (request.region not in p.regions, not wanted.intersection(p.languages), p.rank, p.id)
+
+        return [Candidate(partner_id=p.id, name=p.name) for p in sorted(eligible, key=key)]
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+
+
+def _config_error(path: Path, err: ValidationError, prefix: tuple[str, ...] = ()) -> ConfigError:
+    parts = []
+    for e in err.errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in (*prefix, *e["loc"]))
+        parts.append(f"{loc or '(top level)'}: {e['msg'].removeprefix('Value error, ')}")
+    return ConfigError(f"{path}: " + "; ".join(parts))
+
+
+def load_directory(path: Path) -> Directory:
+    try:
+        return Directory.model_validate(_read_yaml(path))
+    except ValidationError as err:
+        raise _config_error(path, err) from None
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> timedelta:
+    """`30s`, `30m`, `4h`, `7d`, or a number of seconds; always more than zero."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"not a duration: use a number with s, m, h or d, such as 4h (got {value!r})")
+        seconds = float(match[1]) * _UNIT[match[2]]
+    if seconds <= 0:
+        raise ValueError(f"a duration must be more than zero (got {value!r})")
+    return timedelta(seconds=seconds)
+
+
+def _duration_at(path: Path, where: str, value: object) -> timedelta:
+    """parse_duration, with an error that names the file and the field."""
+    try:
+        return parse_duration(value)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {where}: {err}") from None
+
+
+class _PolicyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    urgencies: dict[Literal["normal", "urgent", "emergency"], dict[str, object]]
+    follow_ups: list[object]
+
+
+def load_policy(path: Path, urgency: str) -> EscalationPolicy:
+    data = _read_yaml(path)
+    try:
+        parsed = _PolicyFile.model_validate(data)
+        ladder = parsed.urgencies.get(urgency)  # type: ignore[call-overload]
+        if ladder is None:
+            raise ConfigError(f"{path}: urgencies.{urgency}: missing")
+        follow_ups = [_duration_at(path, f"follow_ups.{i}", v) for i, v in enumerate(parsed.follow_ups)]
+        for key in ("urgency", "follow_ups"):
+            if key in ladder:
+                raise ConfigError(f"{path}: urgencies.{urgency}.{key}: not a setting of an urgency's ladder")
+        durations = {k: _duration_at(path, f"urgencies.{urgency}.{k}", v) for k, v in ladder.items()}
+    except ValidationError as err:
+        raise _config_error(path, err) from None
+    try:
+        return EscalationPolicy(urgency=urgency, follow_ups=follow_ups, **durations)  # type: ignore[arg-type]
+    except ValidationError as err:
+        # A ladder key missing or unknown: name it where it sits in the file
+        raise _config_error(path, err, prefix=("urgencies", urgency)) from None
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None

@@ -1,0 +1,116 @@
+"""The referral's side effects: reading the directory and policy, sending SMS and email.
+
+Every activity is safe to repeat: sends carry a key stable across retries (the workflow run and
+activity ids), reads have no effects. Permanent failures raise non-retryable ApplicationErrors
+whose types the workflow's retry policy also names.
+"""
+
+from __future__ import annotations
+
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.directory import ConfigError, Contact, Directory, load_directory, load_policy
+from activities.email import EmailRefused, build_email, send_email
+from activities.messages import RenderedMessage, render
+from activities.sms import SmsBackend, SmsRefused, build_sms_backend
+from config.settings import Settings
+from workflows.models import Candidate, Delivery, EscalationPolicy, MatchRequest, Notice
+
+log = structlog.get_logger("activities")
+
+
+def _idempotency_key() -> str:
+    info = activity.info()
+    return f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
+
+
+class ReferralActivities:
+    def __init__(self, settings: Settings, sms: SmsBackend | None = None) -> None:
+        self.settings = settings
+        self.sms = sms or build_sms_backend(settings)
+
+    def _directory(self) -> Directory:
+        try:
+            return load_directory(self.settings.referral_partners_file)
+        except ConfigError as err:
+            # Retryable: an operator can fix the file while the activity waits.
+            raise ApplicationError(str(err), type="ConfigError") from None
+
+    @activity.defn
+    async def load_policy(self, urgency: str) -> EscalationPolicy:
+        try:
+            return load_policy(self.settings.referral_policy_file, urgency)
+        except ConfigError as err:
+            raise ApplicationError(str(err), type="ConfigError") from None
+
+    @activity.defn
+    async def match_partners(self, request: MatchRequest) -> list[Candidate]:
+        candidates = self._directory().match(request)
+        log.info("partners matched", service=request.service, region=request.region, candidates=len(candidates))
+        return candidates
+
+    def _recipients(self, notice: Notice) -> list[Contact]:
+        directory = self._directory()
+        if notice.recipient == "partner":
+            partner = directory.partner(notice.recipient_id)
+            if partner is None:
+                raise ApplicationError(f"no partner {notice.recipient_id!r} in the directory", type="UnknownRecipient", non_retryable=True)
+            return [partner]
+        contacts = [directory.coordinator(notice.recipient_id)]
+        # Emergencies and repeated escalations also reach the national focal point.
+        if notice.context.urgency == "emergency" or notice.context.escalation_level >= 2 or notice.template == "ladder_exhausted":
+            if directory.national_focal_point.id != contacts[0].id:
+                contacts.append(directory.national_focal_point)
+        return contacts
+
+    def _render(self, notice: Notice, contact: Contact) -> RenderedMessage:
+        link = None
+        return render(notice, contact.language, self.settings.referral_messages_dir, self.settings.referral_timezone, link)
+
+    @activity.defn
+    async def send_sms(self, notice: Notice) -> Delivery:
+        key = _idempotency_key()
+        sent = 0
+        for i, contact in enumerate(self._recipients(notice)):
+            message = self._render(notice, contact)
+            if not message.sms:
+                continue
+            if not contact.sms:
+                if i == 0:
+                    raise ApplicationError("recipient has no SMS number", type="NoSmsNumber", non_retryable=True)
+                continue
+            try:
+                await self.sms.send(contact.sms, message.sms, f"{key}/{contact.id}")
+            except SmsRefused as err:
+                if i == 0:
+                    raise ApplicationError(f"SMS refused: {err.kind}", type=err.kind, non_retryable=True) from None
+                continue
+            sent += 1
+        log.info("sms sent", code=notice.context.code, template=notice.template, recipient=notice.recipient_id, messages=sent)
+        return Delivery(channel="sms", status="sent" if sent else "skipped")
+
+    @activity.defn
+    async def send_email(self, notice: Notice) -> Delivery:
+        key = _idempotency_key()
+        sent = 0
+        for i, contact in enumerate(self._recipients(notice)):
+            if not contact.email:
+                if i == 0:
+                    raise ApplicationError("recipient has no email address", type="InvalidEmailAddress", non_retryable=True)
+                continue
+            message = self._render(notice, contact)
+            try:
+                msg = build_email(self.settings, contact.email, message.subject, message.body, f"{key}/{contact.id}", message.language)
+                await send_email(self.settings, msg)
+            except EmailRefused as err:
+                if i == 0:
+                    raise ApplicationError(f"email refused: {err.kind}", type=err.kind, non_retryable=True) from None
+                continue
+            sent += 1
+        log.info("email sent", code=notice.context.code, template=notice.template, recipient=notice.recipient_id, messages=sent)
+        return Delivery(channel="email", status="sent" if sent else "skipped")
+
+    def all(self) -> list:
+        return [self.load_policy, self.match_partners, self.send_sms, self.send_email]

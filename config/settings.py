@@ -1,0 +1,69 @@
+"""Every setting the code reads, from the environment (or a `.env` file).
+
+Field names are the environment variable names in lower case, so a setting is found by
+grepping for either spelling.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # Temporal
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    referral_task_queue: str = "referrals"
+
+    # Configuration files, read by activities so edits never break a running referral
+    referral_policy_file: Path = CONFIG_DIR / "policy.yaml"
+    referral_partners_file: Path = CONFIG_DIR / "partners.yaml"
+    referral_messages_dir: Path = CONFIG_DIR / "messages"
+    referral_data_dir: Path = Path(".data")
+    # Deadlines in messages are written in this time zone
+    referral_timezone: str = "Africa/Casablanca"
+
+    # Email
+    smtp_host: str = "localhost"
+    smtp_port: int = 1025
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = 20.0
+    email_from: str = "referrals@nrm.example.ma"
+
+    # SMS
+    sms_backend: Literal["outbox", "twilio"] = "outbox"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from_number: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    twilio_api_base_url: str | None = None
+    twilio_send_timeout_seconds: float = 10.0
+
+    # Web app (SMS webhooks, JSON API, web form)
+    public_base_url: str = "http://localhost:8000"
+    web_port: int = 8000
+    referral_api_tokens: str = Field(default="", description="comma-separated bearer tokens")
+
+    # Logs
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.referral_data_dir / "outbox"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

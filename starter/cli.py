@@ -1,0 +1,219 @@
+"""`referral`: the coordinators' command line.
+
+    referral start --file CASE.json|yaml [--json]
+    referral status CODE
+    referral respond CODE --partner ID accept|decline|ok|done|issue [--reason TEXT]
+    referral assign CODE --service S --partner ID
+    referral cancel|close|withdraw-consent CODE [--reason TEXT] [--service S (close only)]
+    referral list [--stage S] [--region R] [--overdue] [--json]
+    referral worker
+
+Exit status: 0 done, 2 bad input, unknown code or a refused action (one line on stderr naming
+the problem), 1 Temporal unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import yaml
+from pydantic import ValidationError
+
+from config.settings import get_settings
+from config.temporal import connect
+from starter import referrals
+from workflows.intake import REGIONS, SERVICES, Intake, describe_errors
+from workflows.models import PARTNER_ACTIONS, STAGE_ORDER, CoordinatorAction, PartnerReply
+
+STAGES = (*STAGE_ORDER, "escalated")
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    print(f"referral: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def load_intake(path: str) -> Intake:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError:
+        raise UsageError(f"--file: cannot read {path}") from None
+    try:
+        data = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
+    except (ValueError, yaml.YAMLError):
+        raise UsageError(f"--file: {path} is not valid {'YAML' if file.suffix in ('.yaml', '.yml') else 'JSON'}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--file: {path} must hold one intake object")
+    try:
+        # JSON mode: datetimes as strings, exactly as the API receives them
+        return Intake.model_validate_json(json.dumps(data, default=str))
+    except ValidationError as err:
+        raise UsageError(f"intake invalid: {describe_errors(err)}") from None
+
+
+def _code(text: str) -> str:
+    try:
+        return referrals.normalise_code(text)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if args.command == "worker":
+        from worker import main as worker_main
+
+        worker_main()
+        return 0
+    if args.command == "reply":
+        from starter.sms_reply_cli import reply_command
+
+        return await reply_command(settings, args)
+    intake = load_intake(args.file) if args.command == "start" else None
+    code = _code(args.code) if hasattr(args, "code") else None
+    try:
+        client = await connect(settings)
+    except Exception:
+        fail(f"cannot reach Temporal at {settings.temporal_address}", 1)
+
+    if args.command == "start":
+        assert intake is not None
+        started = await referrals.start_referral(client, intake, settings.referral_task_queue)
+        if args.json:
+            _print_json({"code": started.code, "workflow_id": started.workflow_id, "created": started.created})
+        else:
+            note = "started" if started.created else "already started for this external_ref"
+            print(f"R-{started.code}  {started.workflow_id}  ({note})")
+        return 0
+
+    assert code is not None or args.command == "list"
+    if args.command == "status":
+        status = await referrals.get_status(client, code)  # type: ignore[arg-type]
+        print(status.model_dump_json(indent=2))
+        return 0
+
+    if args.command == "respond":
+        reply = PartnerReply(partner_id=args.partner, action=args.action, reason=args.reason, channel="cli")
+        outcome = await referrals.partner_reply(client, code, reply)  # type: ignore[arg-type]
+        print(f"R-{outcome.code}: {outcome.outcome} ({', '.join(outcome.services)})")
+        return 0
+
+    if args.command in ("assign", "cancel", "close", "withdraw-consent"):
+        if args.command == "assign":
+            _check_partner(settings, args.partner, args.service)
+        action = CoordinatorAction(
+            action=args.command.replace("-", "_"),
+            service=getattr(args, "service", None),
+            partner_id=getattr(args, "partner", None),
+            reason=getattr(args, "reason", None),
+            by=args.by,
+        )
+        outcome = await referrals.coordinator_action(client, code, action)  # type: ignore[arg-type]
+        print(f"R-{outcome.code}: {outcome.action} done, stage {outcome.stage}")
+        return 0
+
+    if args.command == "list":
+        query = referrals.list_query(args.stage, args.region, args.overdue)
+        rows = await referrals.list_referrals(client, query)
+        if args.json:
+            _print_json([r.__dict__ for r in rows])
+            return 0
+        print(f"{'CODE':<8}{'STAGE':<21}{'URGENCY':<11}{'REGION':<27}{'LEVEL':<7}AWAITING")
+        for r in rows:
+            print(f"R-{r.code:<6}{r.stage or '-':<21}{r.urgency or '-':<11}{r.region or '-':<27}{r.escalation_level or 0:<7}{','.join(r.awaiting_partners) or '-'}")
+        return 0
+    raise UsageError(f"unknown command {args.command}")
+
+
+def _check_partner(settings, partner_id: str, service: str) -> None:
+    from activities.directory import ConfigError, load_directory
+
+    try:
+        partner = load_directory(settings.referral_partners_file).partner(partner_id)
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    if partner is None:
+        raise UsageError(f"--partner: no partner {partner_id!r} in the directory")
+    if service not in partner.services:
+        raise UsageError(f"--partner: {partner_id} does not offer {service}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="referral", description="Start and steer referrals.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("start", help="start a referral from an intake file")
+    s.add_argument("--file", required=True, help="intake as JSON or YAML")
+    s.add_argument("--json", action="store_true", help="print {code, workflow_id, created}")
+
+    s = sub.add_parser("status", help="the referral's status as JSON")
+    s.add_argument("code")
+
+    s = sub.add_parser("respond", help="answer as a partner would by SMS")
+    s.add_argument("code")
+    s.add_argument("--partner", required=True)
+    s.add_argument("action", choices=PARTNER_ACTIONS)
+    s.add_argument("--reason")
+
+    s = sub.add_parser("assign", help="assign a partner to a service by hand")
+    s.add_argument("code")
+    s.add_argument("--service", required=True, choices=SERVICES)
+    s.add_argument("--partner", required=True)
+    s.add_argument("--by", help="coordinator id")
+
+    for name, text in (("cancel", "cancel the referral"), ("close", "close the referral, or one service"), ("withdraw-consent", "the person withdrew consent: stop everything")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("code")
+        s.add_argument("--reason")
+        s.add_argument("--by", help="coordinator id")
+        if name == "close":
+            s.add_argument("--service", choices=SERVICES, help="close only this service")
+
+    s = sub.add_parser("list", help="referrals from Temporal visibility")
+    s.add_argument("--stage", choices=STAGES)
+    s.add_argument("--region", choices=REGIONS)
+    s.add_argument("--overdue", action="store_true", help="open referrals past a deadline or escalated")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("reply", help="play a partner: send a signed SMS webhook to the running web app")
+    s.add_argument("--from", dest="sender", required=True, help="the partner's number, E.164")
+    s.add_argument("body", help='the SMS text, e.g. "A 7K3Q9"')
+
+    sub.add_parser("worker", help="run the worker")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        status = asyncio.run(_run(args))
+    except UsageError as err:
+        fail(str(err))
+    except referrals.ReferralNotFound as err:
+        fail(str(err))
+    except referrals.ReferralRejected as err:
+        if err.kind == "already_applied":
+            print(f"referral: {err}")
+            raise SystemExit(0) from None
+        fail(f"refused ({err.kind}): {err}")
+    except ValidationError as err:
+        fail(describe_errors(err))
+    raise SystemExit(status)
+
+
+if __name__ == "__main__":
+    main()

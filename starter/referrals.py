@@ -1,0 +1,213 @@
+"""Starting and steering referrals: the one implementation behind the CLI, API, form and webhook.
+
+Idempotency: the referral code is derived from the intake's `external_ref` (and nothing
+personal), the workflow id is `referral-<CODE>`, and Temporal refuses a second workflow with
+the same id, so the same external_ref submitted twice, even at the same moment, yields one
+referral. Two different refs that hash to the same code are told apart by a digest in the
+memo; the second one moves on to the next derived code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from workflows import search_attributes as sa
+from workflows.intake import Intake, assess
+from workflows.models import (
+    ActionOutcome,
+    CoordinatorAction,
+    PartnerReply,
+    ReferralInput,
+    ReferralStatus,
+    ReplyOutcome,
+)
+from workflows.referral import ReferralWorkflow
+
+CODE_ALPHABET = "34679ACDEFGHJKMNPQRTUVWXY"
+CODE_LENGTH = 5
+_MAX_CODE_TRIES = 16
+
+
+class ReferralNotFound(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(f"no referral R-{code}")
+        self.code = code
+
+
+class ReferralRejected(Exception):
+    """An update the workflow's validator refused; `kind` is one of models.REJECTION_TYPES."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def workflow_id(code: str) -> str:
+    return f"referral-{code}"
+
+
+def normalise_code(text: str) -> str:
+    """`r-7k3q9`, `R7K3Q9` or `7K3Q9` -> `7K3Q9`; raises ValueError naming the problem."""
+    value = text.strip().upper().removeprefix("REFERRAL-").removeprefix("R-")
+    if len(value) == CODE_LENGTH + 1 and value.startswith("R"):
+        value = value[1:]
+    if len(value) != CODE_LENGTH or any(c not in CODE_ALPHABET for c in value):
+        raise ValueError(f"code: not a referral code (expected {CODE_LENGTH} characters such as 7K3Q9)")
+    return value
+
+
+def _digest(external_ref: str) -> str:
+    return hashlib.sha256(f"referral-intake:{external_ref}".encode()).hexdigest()
+
+
+def referral_code(external_ref: str, attempt: int = 0) -> str:
+    """A short code from the external reference: same ref, same code."""
+    digest = hashlib.sha256(f"referral-code:{attempt}:{external_ref}".encode()).digest()
+    number = int.from_bytes(digest[:8], "big")
+    chars = []
+    for _ in range(CODE_LENGTH):
+        number, i = divmod(number, len(CODE_ALPHABET))
+        chars.append(CODE_ALPHABET[i])
+    return "".join(chars)
+
+
+@dataclass(frozen=True)
+class Started:
+    code: str
+    workflow_id: str
+    created: bool  # False when the external_ref had already started this referral
+
+
+async def start_referral(client: Client, intake: Intake, task_queue: str) -> Started:
+    """Start the referral for this intake, or return the one its external_ref already started."""
+    digest = _digest(intake.external_ref)
+    assessment = assess(intake)
+    for attempt in range(_MAX_CODE_TRIES):
+        code = referral_code(intake.external_ref, attempt)
+        wid = workflow_id(code)
+        try:
+            await client.start_workflow(
+                ReferralWorkflow.run,
+                ReferralInput(code=code, intake=intake),
+                id=wid,
+                task_queue=task_queue,
+                # Never a second referral under this id, even after the first one closed.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                memo={"intake_digest": digest},
+                search_attributes=sa.initial(intake.region, assessment.urgency, assessment.needs),
+                static_summary=f"R-{code} · {assessment.urgency} · {intake.region} · {', '.join(assessment.needs)}",
+            )
+            return Started(code=code, workflow_id=wid, created=True)
+        except WorkflowAlreadyStartedError:
+            existing = await client.get_workflow_handle(wid).describe()
+            memo = await existing.memo()
+            if hmac.compare_digest(str(memo.get("intake_digest", "")), digest):
+                return Started(code=code, workflow_id=wid, created=False)
+            # A different referral owns this code: try the next one derived from the ref.
+    raise RuntimeError("external_ref: no free referral code after several tries")
+
+
+def _handle(client: Client, code: str) -> WorkflowHandle:
+    return client.get_workflow_handle_for(ReferralWorkflow.run, workflow_id(code))
+
+
+async def _exists(client: Client, code: str) -> None:
+    try:
+        await _handle(client, code).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise ReferralNotFound(code) from None
+        raise
+
+
+async def get_status(client: Client, code: str) -> ReferralStatus:
+    try:
+        return await _handle(client, code).query(ReferralWorkflow.status)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise ReferralNotFound(code) from None
+        raise
+
+
+def _rejection(err: WorkflowUpdateFailedError) -> ReferralRejected:
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        return ReferralRejected(cause.type or "invalid", cause.message)
+    return ReferralRejected("invalid", str(cause or err))
+
+
+async def _update(client: Client, code: str, update, arg, update_id: str | None):
+    try:
+        return await _handle(client, code).execute_update(update, arg, id=update_id)
+    except WorkflowUpdateFailedError as err:
+        raise _rejection(err) from None
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            # Unknown id, or a closed workflow (updates need a running one)
+            await _exists(client, code)
+            raise ReferralRejected("referral_closed", f"R-{code} is closed") from None
+        raise
+
+
+async def partner_reply(client: Client, code: str, reply: PartnerReply, update_id: str | None = None) -> ReplyOutcome:
+    """Apply a partner's reply. `update_id` (an SMS's MessageSid) makes a redelivery a no-op."""
+    return await _update(client, code, ReferralWorkflow.partner_reply, reply, update_id)
+
+
+async def coordinator_action(client: Client, code: str, action: CoordinatorAction, update_id: str | None = None) -> ActionOutcome:
+    return await _update(client, code, ReferralWorkflow.coordinator_action, action, update_id)
+
+
+@dataclass(frozen=True)
+class ListedReferral:
+    code: str
+    workflow_id: str
+    stage: str | None
+    urgency: str | None
+    region: str | None
+    escalation_level: int | None
+    awaiting_partners: list[str]
+    reply_due_by: datetime | None
+    running: bool
+
+
+def list_query(stage: str | None = None, region: str | None = None, overdue: bool = False, now: datetime | None = None) -> str:
+    parts = ["WorkflowType = 'ReferralWorkflow'"]
+    if stage:
+        parts.append(f"ReferralStage = '{stage}'")
+    if region:
+        parts.append(f"ReferralRegion = '{region}'")
+    if overdue:
+        at = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        parts.append("ExecutionStatus = 'Running'")
+        parts.append(f"(EscalationLevel > 0 OR ReplyDueBy < '{at}')")
+    return " AND ".join(parts)
+
+
+async def list_referrals(client: Client, query: str, limit: int = 1000) -> list[ListedReferral]:
+    out: list[ListedReferral] = []
+    async for wf in client.list_workflows(query, limit=limit):
+        attrs = wf.typed_search_attributes
+        code = wf.id.removeprefix("referral-")
+        out.append(
+            ListedReferral(
+                code=code,
+                workflow_id=wf.id,
+                stage=attrs.get(sa.REFERRAL_STAGE),
+                urgency=attrs.get(sa.REFERRAL_URGENCY),
+                region=attrs.get(sa.REFERRAL_REGION),
+                escalation_level=attrs.get(sa.ESCALATION_LEVEL),
+                awaiting_partners=list(attrs.get(sa.AWAITING_PARTNERS) or []),
+                reply_due_by=attrs.get(sa.REPLY_DUE_BY),
+                running=wf.status == WorkflowExecutionStatus.RUNNING,
+            )
+        )
+    return out

@@ -1,0 +1,157 @@
+"""Fixtures that start real local servers on loopback and stop them again.
+
+- `time_env`: Temporal's time-skipping test server (timers and escalation ladders).
+- `dev_env`: the Temporal CLI dev server (updates, visibility, UI metadata).
+- `smtp`: an aiosmtpd server that keeps every message it receives.
+- `make_settings` / `start_worker`: settings pointing at those, and a worker with the real
+  activities on a fresh task queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities.referral_activities import ReferralActivities
+from config.settings import CONFIG_DIR, Settings
+from config.temporal import data_converter
+from worker import build_worker
+from workflows import search_attributes as sa
+
+BIN = Path(sys.executable).parent
+TESTS = Path(__file__).resolve().parent
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_INDEXED = {
+    "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "KEYWORD_LIST": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST,
+    "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+    "DATETIME": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
+}
+
+
+@pytest.fixture(scope="session")
+async def time_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+        data_converter=data_converter(),
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={k.name: _INDEXED[k.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")] for k in sa.ALL},
+        )
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN / "temporal"),
+        search_attributes=sa.ALL,
+        data_converter=data_converter(),
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+
+
+@dataclass
+class SmtpSink:
+    """Every message the local SMTP server accepted, parsed."""
+
+    port: int
+    messages: list[EmailMessage] = field(default_factory=list)
+    refuse: set[str] = field(default_factory=set)
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.messages if address in m["To"]]
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.sink.refuse:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.sink.messages.append(msg)  # type: ignore[arg-type]
+        return "250 Message accepted"
+
+
+@pytest.fixture(scope="session")
+def smtp() -> AsyncIterator[SmtpSink]:
+    sink = SmtpSink(port=free_port())
+    controller = Controller(_Handler(sink), hostname="127.0.0.1", port=sink.port)
+    controller.start()
+    yield sink
+    controller.stop()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, smtp: SmtpSink) -> Callable[..., Settings]:
+    smtp.messages.clear()
+    smtp.refuse.clear()
+
+    def make(**overrides: object) -> Settings:
+        values = dict(
+            referral_data_dir=tmp_path / "data",
+            smtp_host="127.0.0.1",
+            smtp_port=smtp.port,
+            referral_policy_file=CONFIG_DIR / "policy.yaml",
+            referral_partners_file=CONFIG_DIR / "partners.yaml",
+            sms_backend="outbox",
+        )
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+    return make
+
+
+@asynccontextmanager
+async def running_worker(client: Client, settings: Settings) -> AsyncIterator[str]:
+    task_queue = f"referrals-test-{uuid.uuid4()}"
+    async with build_worker(client, settings, task_queue=task_queue, activities=ReferralActivities(settings)):
+        yield task_queue
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.1):
+    """Poll `predicate` (sync or async) until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)

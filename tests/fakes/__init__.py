@@ -1,0 +1,1 @@
+"""Stand-ins for outside services, run on loopback in tests."""

@@ -1,0 +1,226 @@
+"""What crosses the workflow's boundary: its input, updates, query results and activity I/O.
+
+None of the models below except `ReferralInput` may carry personal data: they are shown in
+status output, written in messages, or passed to activities that log.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workflows.intake import Assessment, Intake, Service, Urgency
+
+Stage = Literal[
+    "identification", "notification", "awaiting_acceptance", "follow_up", "escalated", "closed"
+]
+# Least advanced first: a referral's stage is the least advanced of its services.
+STAGE_ORDER: tuple[str, ...] = (
+    "identification", "notification", "awaiting_acceptance", "follow_up", "closed"
+)
+
+PARTNER_ACTIONS = ("accept", "decline", "ok", "done", "issue")
+COORDINATOR_ACTIONS = ("assign", "cancel", "close", "withdraw_consent")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReferralInput(_Model):
+    """The only model with personal data (in `intake.person` and `intake.notes`)."""
+
+    code: str
+    intake: Intake
+
+
+# --- configuration read by activities ------------------------------------------------------
+
+
+class EscalationPolicy(_Model):
+    urgency: Urgency
+    reply_within: timedelta
+    remind_after: timedelta
+    follow_ups: list[timedelta]
+    checkin_answer_within: timedelta
+    escalated_alert_every: timedelta
+
+
+class MatchRequest(_Model):
+    service: Service
+    region: str
+    languages: list[str] = Field(default_factory=list)
+    minor: bool = False
+
+
+class Candidate(_Model):
+    partner_id: str
+    name: str
+
+
+# --- messages ------------------------------------------------------------------------------
+
+NoticeTemplate = Literal[
+    # to partners
+    "offer", "reminder", "offer_withdrawn", "assigned", "checkin", "referral_closed",
+    # to coordinators
+    "escalation", "ladder_exhausted", "escalated_alert", "checkin_silence", "issue_reported",
+    "channel_problem", "summary",
+]
+
+
+class NoticeContext(_Model):
+    """Everything a template may say. Nothing here identifies the person."""
+
+    code: str
+    urgency: Urgency
+    region: str
+    service: str | None = None
+    services: list[str] = Field(default_factory=list)
+    deadline: datetime | None = None
+    partner_id: str | None = None
+    escalation_level: int = 0
+    age_group: str | None = None
+    languages: list[str] = Field(default_factory=list)
+    interpreter_needed: bool = False
+    checkin_number: int | None = None
+    alert_count: int | None = None
+    closed_reason: str | None = None
+    channel: str | None = None
+    problem: str | None = None
+    summary_lines: list[str] = Field(default_factory=list)
+
+
+class Notice(_Model):
+    """One message to one recipient, resolved and rendered by the activity at send time."""
+
+    recipient: Literal["partner", "coordinator"]
+    # A partner id, or a region whose coordinator is meant
+    recipient_id: str
+    template: NoticeTemplate
+    context: NoticeContext
+
+
+class Delivery(_Model):
+    channel: Literal["sms", "email"]
+    status: Literal["sent", "skipped"]
+    detail: str | None = None
+
+
+# --- updates -------------------------------------------------------------------------------
+
+
+class PartnerReply(_Model):
+    partner_id: str
+    # accept | decline | ok | done | issue; checked by the validator, so an unknown action is
+    # rejected with a reason rather than failing to decode
+    action: str
+    reason: str | None = Field(default=None, max_length=1600)
+    service: str | None = None
+    channel: Literal["sms", "cli", "web", "api"] = "cli"
+
+
+class ReplyOutcome(_Model):
+    code: str
+    outcome: Literal["accepted", "declined", "noted", "completed", "issue_reported"]
+    services: list[str]
+
+
+class CoordinatorAction(_Model):
+    action: str
+    service: str | None = None
+    partner_id: str | None = None
+    reason: str | None = Field(default=None, max_length=1600)
+    by: str | None = Field(default=None, max_length=64)
+
+
+class ActionOutcome(_Model):
+    code: str
+    action: str
+    stage: Stage
+
+
+# Reasons an update is rejected; the SMS webhook maps each to a reply in the partner's language.
+REJECTION_TYPES = (
+    "unknown_action",  # not a command we know
+    "not_offered",  # this partner was never offered this referral
+    "reassigned",  # offered once, but passed over since
+    "already_applied",  # the same reply again
+    "not_applicable",  # e.g. DONE before accepting
+    "referral_closed",
+    "invalid",  # a required field is missing or wrong
+)
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+class Attempt(_Model):
+    partner_id: str
+    offered_at: datetime
+    remind_at: datetime
+    deadline: datetime
+    reminded: bool = False
+    outcome: Literal["accepted", "declined", "timed_out", "withdrawn", "reassigned"] | None = None
+    replied_at: datetime | None = None
+    reason: str | None = None
+
+
+class FollowUp(_Model):
+    number: int
+    partner_id: str
+    due_at: datetime
+    sent_at: datetime | None = None
+    answer_by: datetime | None = None
+    answer: Literal["ok", "done", "issue", "silence"] | None = None
+    answered_at: datetime | None = None
+
+
+class ChannelProblem(_Model):
+    at: datetime
+    partner_id: str
+    channel: Literal["sms", "email"]
+    problem: str
+
+
+class ServiceStatus(_Model):
+    service: Service
+    stage: Stage = "identification"
+    candidates: list[str] = Field(default_factory=list)
+    partner_id: str | None = Field(default=None, description="partner offered now, or the one who accepted")
+    accepted_at: datetime | None = None
+    assigned_by_coordinator: bool = False
+    attempts: list[Attempt] = Field(default_factory=list)
+    escalation_level: int = 0
+    escalated_alerts: int = 0
+    follow_ups: list[FollowUp] = Field(default_factory=list)
+    issues_reported: int = 0
+    completed_at: datetime | None = None
+
+
+class ReferralStatus(_Model):
+    code: str
+    workflow_id: str
+    external_ref: str
+    stage: Stage
+    urgency: Urgency
+    region: str
+    started_at: datetime
+    assessment: Assessment
+    services: list[ServiceStatus]
+    escalation_level: int
+    awaiting_partners: list[str]
+    reply_due_by: datetime | None
+    channel_problems: list[ChannelProblem] = Field(default_factory=list)
+    closed_at: datetime | None = None
+    closed_reason: Literal["completed", "closed", "cancelled", "consent_withdrawn"] | None = None
+
+
+class ReferralSummary(_Model):
+    """The workflow's result."""
+
+    code: str
+    closed_reason: str
+    services: list[ServiceStatus]

@@ -1,0 +1,613 @@
+"""ReferralWorkflow: one referral, from identification to closure.
+
+Deterministic code only. Each needed service runs its own partner ladder side by side:
+offer -> reminder -> deadline (escalate, next candidate) -> ... -> escalated (alerts repeat until
+the coordinator assigns a partner) -> follow-up check-ins -> completed. Partner replies and
+coordinator actions arrive as updates whose validators reject, without a trace in history,
+anything that does not apply (a late reply, a stranger, an unknown action).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.referral_activities import ReferralActivities
+    from workflows import search_attributes as sa
+    from workflows.intake import assess
+    from workflows.models import (
+        COORDINATOR_ACTIONS,
+        PARTNER_ACTIONS,
+        STAGE_ORDER,
+        ActionOutcome,
+        Attempt,
+        Candidate,
+        ChannelProblem,
+        CoordinatorAction,
+        EscalationPolicy,
+        FollowUp,
+        MatchRequest,
+        Notice,
+        NoticeContext,
+        PartnerReply,
+        ReferralInput,
+        ReferralStatus,
+        ReferralSummary,
+        ReplyOutcome,
+        ServiceStatus,
+    )
+
+# Errors that retrying cannot fix: the channel is recorded as a problem and the other used.
+NON_RETRYABLE_DELIVERY = [
+    "InvalidPhoneNumber",
+    "OptedOut",
+    "NoSmsNumber",
+    "InvalidEmailAddress",
+    "RecipientRefused",
+    "UnknownRecipient",
+]
+DELIVERY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+    non_retryable_error_types=NON_RETRYABLE_DELIVERY,
+)
+# Config files can be fixed by an operator while the activity retries, so nothing is final.
+CONFIG_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+SEND_TIMEOUT = timedelta(seconds=45)
+# Past this a message is given up and shown as a channel problem.
+DELIVERY_GIVE_UP = timedelta(hours=24)
+
+PARTNER_TEMPLATES_BY_SMS = {"offer", "reminder", "offer_withdrawn", "assigned", "checkin", "referral_closed"}
+# Coordinators get every notice by email; these also by SMS because someone must act now.
+COORDINATOR_TEMPLATES_BY_SMS = {"escalation", "ladder_exhausted", "escalated_alert", "issue_reported"}
+
+
+def _reject(kind: str, message: str) -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+@dataclass
+class _ServiceRun:
+    """A service's ladder and the state the status query shows."""
+
+    status: ServiceStatus
+    ladder: list[Candidate] = field(default_factory=list)
+    next_index: int = 0
+    assignment: str | None = None  # partner assigned by hand, not yet taken up
+    done: bool = False
+
+    def pending_attempt(self) -> Attempt | None:
+        if self.status.attempts and self.status.attempts[-1].outcome is None:
+            return self.status.attempts[-1]
+        return None
+
+    def open_checkin(self) -> FollowUp | None:
+        for f in reversed(self.status.follow_ups):
+            if f.sent_at is not None and f.answer is None:
+                return f
+        return None
+
+    def passed_over(self, partner_id: str) -> bool:
+        return any(a.partner_id == partner_id and a.outcome is not None for a in self.status.attempts)
+
+
+@workflow.defn
+class ReferralWorkflow:
+    @workflow.init
+    def __init__(self, input: ReferralInput) -> None:
+        self._input = input
+        self._code = input.code
+        self._assessment = assess(input.intake)
+        self._services = {
+            s: _ServiceRun(status=ServiceStatus(service=s)) for s in self._assessment.needs
+        }
+        self._policy: EscalationPolicy | None = None
+        self._closing: str | None = None  # closed | cancelled | consent_withdrawn
+        self._closed_reason: str | None = None
+        self._closed_at: datetime | None = None
+        self._channel_problems: list[ChannelProblem] = []
+        self._background: list[asyncio.Task] = []
+        self._published: tuple | None = None
+
+    # --- the lifecycle -------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: ReferralInput) -> ReferralSummary:
+        self._publish()
+        self._policy = await workflow.execute_activity_method(
+            ReferralActivities.load_policy,
+            self._assessment.urgency,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=CONFIG_RETRY,
+            summary=f"policy for {self._assessment.urgency}",
+        )
+        ladders = await asyncio.gather(
+            *(
+                workflow.execute_activity_method(
+                    ReferralActivities.match_partners,
+                    MatchRequest(
+                        service=service,
+                        region=input.intake.region,
+                        languages=input.intake.person.languages,
+                        minor=self._assessment.minor,
+                    ),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=CONFIG_RETRY,
+                    summary=f"match partners for {service}",
+                )
+                for service in self._services
+            )
+        )
+        for run, ladder in zip(self._services.values(), ladders):
+            run.ladder = ladder
+            run.status.candidates = [c.partner_id for c in ladder]
+
+        await asyncio.gather(*(self._run_service(run) for run in self._services.values()))
+
+        self._closed_reason = self._closing or "completed"
+        self._closed_at = workflow.now()
+        for run in self._services.values():
+            run.status.stage = "closed"
+        self._publish()
+        self._notify(
+            "coordinator",
+            self._input.intake.region,
+            "summary",
+            closed_reason=self._closed_reason,
+            summary_lines=[self._summary_line(r.status) for r in self._services.values()],
+        )
+        await self._drain_background()
+        return ReferralSummary(
+            code=self._code,
+            closed_reason=self._closed_reason,
+            services=[r.status for r in self._services.values()],
+        )
+
+    async def _run_service(self, run: _ServiceRun) -> None:
+        while not self._closing and not run.done:
+            if run.assignment is not None:
+                self._take_assignment(run)
+            if run.status.accepted_at is not None:
+                await self._follow_up(run)
+            elif run.next_index < len(run.ladder):
+                candidate = run.ladder[run.next_index]
+                run.next_index += 1
+                await self._offer(run, candidate)
+            else:
+                await self._escalated(run)
+        if run.done and run.status.completed_at is None:
+            run.status.completed_at = workflow.now()
+        run.status.stage = "closed"
+        self._publish()
+
+    async def _offer(self, run: _ServiceRun, candidate: Candidate) -> None:
+        policy = self._require_policy()
+        now = workflow.now()
+        attempt = Attempt(
+            partner_id=candidate.partner_id,
+            offered_at=now,
+            remind_at=now + policy.remind_after,
+            deadline=now + policy.reply_within,
+        )
+        run.status.attempts.append(attempt)
+        run.status.partner_id = candidate.partner_id
+        run.status.stage = "notification"
+        self._publish()
+
+        settled = lambda: attempt.outcome is not None or self._interrupted(run)  # noqa: E731
+        reached = self._notify_partner(run, candidate.partner_id, "offer", deadline=attempt.deadline)
+        await self._wait_until(
+            lambda: settled() or reached.done(),
+            attempt.deadline,
+            f"offer to {candidate.partner_id}: wait for SMS or email to go out",
+        )
+        if reached.done() and not reached.cancelled() and not reached.result() and attempt.outcome is None:
+            # Neither SMS nor email can reach this partner: move on at once.
+            attempt.outcome = "timed_out"
+            attempt.reason = "unreachable"
+            return self._after_attempt(run)
+        run.status.stage = "awaiting_acceptance"
+        self._publish()
+
+        if not await self._wait_until(
+            settled, attempt.remind_at, f"remind {candidate.partner_id} if no reply by then"
+        ):
+            attempt.reminded = True
+            self._notify_partner(run, candidate.partner_id, "reminder", deadline=attempt.deadline)
+        if not await self._wait_until(
+            settled, attempt.deadline, f"escalate if {candidate.partner_id} has not replied by then"
+        ):
+            attempt.outcome = "timed_out"
+            run.status.escalation_level += 1
+            self._notify_coordinator(run, "escalation", partner_id=candidate.partner_id)
+        elif attempt.outcome is None:
+            # Interrupted: assigned to someone else by hand, or the service closed.
+            # (A closing referral has already withdrawn its offers.)
+            attempt.outcome = "reassigned" if run.assignment else "withdrawn"
+            self._notify_partner(run, candidate.partner_id, "offer_withdrawn")
+        self._after_attempt(run)
+
+    def _after_attempt(self, run: _ServiceRun) -> None:
+        attempt = run.status.attempts[-1]
+        if attempt.outcome == "accepted":
+            run.status.accepted_at = attempt.replied_at
+            run.status.stage = "follow_up"
+        else:
+            run.status.partner_id = None
+        self._publish()
+
+    async def _escalated(self, run: _ServiceRun) -> None:
+        """No candidate left: alert the coordinator, again and again, until someone acts."""
+        policy = self._require_policy()
+        run.status.stage = "escalated"
+        run.status.escalation_level += 1
+        self._publish()
+        self._notify_coordinator(run, "ladder_exhausted")
+        while not self._interrupted(run):
+            next_alert = workflow.now() + policy.escalated_alert_every
+            if not await self._wait_until(
+                lambda: self._interrupted(run), next_alert, f"{run.status.service}: alert the coordinator again"
+            ):
+                run.status.escalated_alerts += 1
+                self._notify_coordinator(run, "escalated_alert", alert_count=run.status.escalated_alerts)
+
+    def _take_assignment(self, run: _ServiceRun) -> None:
+        previous = run.status.partner_id if run.status.accepted_at else None
+        partner_id, run.assignment = run.assignment, None
+        assert partner_id is not None
+        if previous and previous != partner_id:
+            self._notify_partner(run, previous, "offer_withdrawn")
+        run.status.partner_id = partner_id
+        run.status.accepted_at = workflow.now()
+        run.status.assigned_by_coordinator = True
+        run.status.stage = "follow_up"
+        self._publish()
+        self._notify_partner(run, partner_id, "assigned")
+
+    async def _follow_up(self, run: _ServiceRun) -> None:
+        """Check-ins at the policy's offsets after acceptance; silence escalates."""
+        policy = self._require_policy()
+        partner_id = run.status.partner_id
+        accepted_at = run.status.accepted_at
+        assert partner_id is not None and accepted_at is not None
+        stop = lambda: run.done or self._interrupted(run)  # noqa: E731
+        for number, offset in enumerate(policy.follow_ups, start=1):
+            checkin = FollowUp(number=number, partner_id=partner_id, due_at=accepted_at + offset)
+            run.status.follow_ups.append(checkin)
+            if await self._wait_until(stop, checkin.due_at, f"check-in {number} with {partner_id}"):
+                return
+            checkin.sent_at = workflow.now()
+            checkin.answer_by = checkin.sent_at + policy.checkin_answer_within
+            self._notify_partner(run, partner_id, "checkin", checkin_number=number, deadline=checkin.answer_by)
+            self._publish()
+            answered = lambda: checkin.answer is not None or stop()  # noqa: E731
+            if not await self._wait_until(
+                answered, checkin.answer_by, f"escalate if check-in {number} is not answered"
+            ):
+                checkin.answer = "silence"
+                run.status.escalation_level += 1
+                self._notify_coordinator(run, "checkin_silence", partner_id=partner_id, checkin_number=number)
+            self._publish()
+            if stop():
+                return
+        # All check-ins done: the service stays with its partner until DONE or the coordinator acts.
+        await workflow.wait_condition(stop)
+
+    # --- partner replies -----------------------------------------------------------------
+
+    @workflow.update
+    async def partner_reply(self, reply: PartnerReply) -> ReplyOutcome:
+        runs = self._reply_targets(reply)
+        now = workflow.now()
+        action = reply.action.lower()
+        for run in runs:
+            if action in ("accept", "decline"):
+                attempt = run.pending_attempt()
+                assert attempt is not None
+                attempt.outcome = "accepted" if action == "accept" else "declined"
+                attempt.replied_at = now
+                attempt.reason = reply.reason if action == "decline" else None
+            else:
+                checkin = run.open_checkin()
+                if checkin is not None:
+                    checkin.answer = action  # type: ignore[assignment]
+                    checkin.answered_at = now
+                if action == "done":
+                    run.done = True
+                    run.status.completed_at = now
+                elif action == "issue":
+                    run.status.issues_reported += 1
+                    # The partner's text stays in the (encrypted) history, never in an email.
+                    self._notify_coordinator(run, "issue_reported", partner_id=reply.partner_id)
+        self._publish()
+        outcome = {"accept": "accepted", "decline": "declined", "ok": "noted", "done": "completed", "issue": "issue_reported"}[action]
+        return ReplyOutcome(code=self._code, outcome=outcome, services=[r.status.service for r in runs])  # type: ignore[arg-type]
+
+    @partner_reply.validator
+    def _validate_partner_reply(self, reply: PartnerReply) -> None:
+        self._reply_targets(reply)
+
+    def _reply_targets(self, reply: PartnerReply) -> list[_ServiceRun]:
+        """The services a reply applies to, or the reason it applies to none."""
+        action = reply.action.lower()
+        code = f"R-{self._code}"
+        if action not in PARTNER_ACTIONS:
+            raise _reject("unknown_action", f"unknown command {reply.action!r}")
+        if self._closing or self._closed_reason:
+            raise _reject("referral_closed", f"{code} is closed")
+        runs = [
+            r for r in self._services.values()
+            if reply.service is None or r.status.service == reply.service
+        ]
+        if not runs:
+            raise _reject("invalid", f"{code} has no service {reply.service!r}")
+        pid = reply.partner_id
+        if action in ("accept", "decline"):
+            pending = [r for r in runs if (a := r.pending_attempt()) and a.partner_id == pid]
+            if pending:
+                return pending
+            if any(r.status.partner_id == pid and r.status.accepted_at for r in runs):
+                if action == "accept":
+                    raise _reject("already_applied", f"{code}: you have already accepted")
+                raise _reject("not_applicable", f"{code}: already accepted; reply ISSUE to raise a problem")
+        else:
+            mine = [
+                r for r in runs
+                if r.status.partner_id == pid and r.status.accepted_at and not r.done
+            ]
+            if mine:
+                if action == "ok" and not any(r.open_checkin() for r in mine):
+                    raise _reject("already_applied", f"{code}: nothing to confirm now")
+                return mine
+            if any(r.status.partner_id == pid and r.done for r in runs):
+                raise _reject("already_applied", f"{code}: already completed")
+            if any((a := r.pending_attempt()) and a.partner_id == pid for r in runs):
+                raise _reject("not_applicable", f"{code}: accept the referral first")
+        if any(r.passed_over(pid) for r in runs):
+            raise _reject("reassigned", f"{code} was reassigned")
+        raise _reject("not_offered", f"{code} is not offered to you")
+
+    # --- coordinator actions -------------------------------------------------------------
+
+    @workflow.update
+    async def coordinator_action(self, action: CoordinatorAction) -> ActionOutcome:
+        if action.action == "assign":
+            run = self._services[action.service]  # type: ignore[index]
+            run.assignment = action.partner_id
+            await workflow.wait_condition(lambda: run.assignment is None or bool(self._closing))
+        elif action.action == "close" and action.service:
+            run = self._services[action.service]
+            run.done = True
+            await workflow.wait_condition(lambda: run.status.stage == "closed")
+        else:
+            self._closing = {"close": "closed", "cancel": "cancelled", "withdraw_consent": "consent_withdrawn"}[action.action]
+            self._cancel_pending_messages()
+            await workflow.wait_condition(lambda: self._closed_at is not None)
+        return ActionOutcome(code=self._code, action=action.action, stage=self._stage())
+
+    @coordinator_action.validator
+    def _validate_action(self, action: CoordinatorAction) -> None:
+        code = f"R-{self._code}"
+        if action.action not in COORDINATOR_ACTIONS:
+            raise _reject("unknown_action", f"unknown action {action.action!r}; expected one of {', '.join(COORDINATOR_ACTIONS)}")
+        if self._closing or self._closed_reason:
+            raise _reject("referral_closed", f"{code} is closed")
+        if action.action == "assign" and not action.partner_id:
+            raise _reject("invalid", "partner_id: required to assign")
+        if action.action == "assign" and not action.service:
+            raise _reject("invalid", "service: required to assign")
+        if action.service is not None:
+            run = self._services.get(action.service)
+            if run is None:
+                raise _reject("invalid", f"service: {code} has no service {action.service!r}")
+            if run.done or run.status.stage == "closed":
+                raise _reject("not_applicable", f"service: {action.service} is already completed")
+            if action.action == "assign" and run.status.accepted_at and run.status.partner_id == action.partner_id:
+                raise _reject("already_applied", f"{action.partner_id} already has {action.service}")
+
+    # --- what operators and the CLI see ----------------------------------------------------
+
+    @workflow.query
+    def status(self) -> ReferralStatus:
+        intake = self._input.intake
+        awaiting, due = self._awaiting()
+        return ReferralStatus(
+            code=self._code,
+            workflow_id=workflow.info().workflow_id,
+            external_ref=intake.external_ref,
+            stage=self._stage(),  # type: ignore[arg-type]
+            urgency=self._assessment.urgency,
+            region=intake.region,
+            started_at=workflow.info().start_time,
+            assessment=self._assessment,
+            services=[r.status for r in self._services.values()],
+            escalation_level=self._escalation_level(),
+            awaiting_partners=awaiting,
+            reply_due_by=due,
+            channel_problems=self._channel_problems,
+            closed_at=self._closed_at,
+            closed_reason=self._closed_reason,  # type: ignore[arg-type]
+        )
+
+    def _stage(self) -> str:
+        if self._closed_at is not None:
+            return "closed"
+        stages = [r.status.stage for r in self._services.values()]
+        if "escalated" in stages:
+            return "escalated"
+        return min(stages, key=STAGE_ORDER.index) if stages else "identification"
+
+    def _escalation_level(self) -> int:
+        return max((r.status.escalation_level for r in self._services.values()), default=0)
+
+    def _awaiting(self) -> tuple[list[str], datetime | None]:
+        partners: list[str] = []
+        deadlines: list[datetime] = []
+        for run in self._services.values():
+            attempt = run.pending_attempt()
+            checkin = run.open_checkin()
+            if attempt is not None:
+                partners.append(attempt.partner_id)
+                deadlines.append(attempt.deadline)
+            elif checkin is not None and run.status.partner_id and checkin.answer_by:
+                partners.append(run.status.partner_id)
+                deadlines.append(checkin.answer_by)
+        return sorted(set(partners)), min(deadlines, default=None)
+
+    def _publish(self) -> None:
+        """Upsert search attributes and UI details, only when something they show changed."""
+        awaiting, due = self._awaiting()
+        stage = self._stage()
+        level = self._escalation_level()
+        state = (stage, tuple(awaiting), due, level)
+        if state == self._published:
+            return
+        self._published = state
+        workflow.upsert_search_attributes(
+            [
+                sa.REFERRAL_STAGE.value_set(stage),
+                sa.REFERRAL_URGENCY.value_set(self._assessment.urgency),
+                sa.REFERRAL_REGION.value_set(self._input.intake.region),
+                sa.REFERRAL_SERVICES.value_set(list(self._services)),
+                sa.AWAITING_PARTNERS.value_set(awaiting),
+                sa.ESCALATION_LEVEL.value_set(level),
+                sa.REPLY_DUE_BY.value_set(due) if due else sa.REPLY_DUE_BY.value_unset(),
+            ]
+        )
+        workflow.set_current_details(self._details_markdown(stage))
+
+    def _details_markdown(self, stage: str) -> str:
+        lines = [f"**R-{self._code}** · stage `{stage}` · urgency `{self._assessment.urgency}`", ""]
+        lines.append("| service | stage | partner | deadline | level |")
+        lines.append("|---|---|---|---|---|")
+        for run in self._services.values():
+            s = run.status
+            attempt = run.pending_attempt()
+            checkin = run.open_checkin()
+            deadline = attempt.deadline if attempt else (checkin.answer_by if checkin else None)
+            when = deadline.strftime("%Y-%m-%d %H:%M UTC") if deadline else "-"
+            lines.append(f"| {s.service} | {s.stage} | {s.partner_id or '-'} | {when} | {s.escalation_level} |")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _summary_line(s: ServiceStatus) -> str:
+        partner = s.partner_id if s.accepted_at else "no partner"
+        return f"{s.service}: {s.stage}, {partner}, {len(s.attempts)} offer(s), escalation level {s.escalation_level}"
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _require_policy(self) -> EscalationPolicy:
+        assert self._policy is not None
+        return self._policy
+
+    def _interrupted(self, run: _ServiceRun) -> bool:
+        return bool(self._closing) or run.assignment is not None or run.done
+
+    async def _wait_until(self, condition: Callable[[], bool], until: datetime, summary: str) -> bool:
+        """Wait for `condition` until `until`; True if it held in time."""
+        remaining = until - workflow.now()
+        if remaining <= timedelta(0):
+            return condition()
+        try:
+            await workflow.wait_condition(condition, timeout=remaining, timeout_summary=summary)
+            return True
+        except asyncio.TimeoutError:
+            return condition()
+
+    def _context(self, **extra: object) -> NoticeContext:
+        intake = self._input.intake
+        values: dict[str, object] = dict(
+            code=self._code,
+            urgency=self._assessment.urgency,
+            region=intake.region,
+            services=list(self._services),
+            escalation_level=self._escalation_level(),
+            age_group=intake.person.age_group,
+            languages=intake.person.languages,
+            interpreter_needed=self._assessment.interpreter_needed,
+        )
+        values.update(extra)
+        return NoticeContext.model_validate(values)
+
+    def _notify_partner(self, run: _ServiceRun, partner_id: str, template: str, **extra: object) -> asyncio.Task[bool]:
+        return self._notify("partner", partner_id, template, service=run.status.service, **extra)
+
+    def _notify_coordinator(self, run: _ServiceRun, template: str, **extra: object) -> asyncio.Task[bool]:
+        extra.setdefault("escalation_level", run.status.escalation_level)
+        return self._notify("coordinator", self._input.intake.region, template, service=run.status.service, **extra)
+
+    def _notify(self, recipient: str, recipient_id: str, template: str, **extra: object) -> asyncio.Task[bool]:
+        """Send by email and, where it matters, SMS, in the background; the task says if any got through."""
+        notice = Notice(
+            recipient=recipient,  # type: ignore[arg-type]
+            recipient_id=recipient_id,
+            template=template,  # type: ignore[arg-type]
+            context=self._context(**extra),
+        )
+        by_sms = PARTNER_TEMPLATES_BY_SMS if recipient == "partner" else COORDINATOR_TEMPLATES_BY_SMS
+        channels = ["sms", "email"] if template in by_sms else ["email"]
+        task = asyncio.create_task(self._deliver_any(notice, channels))
+        self._background.append(task)
+        return task
+
+    async def _deliver_any(self, notice: Notice, channels: list[str]) -> bool:
+        sends = [asyncio.create_task(self._deliver(notice, c)) for c in channels]
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        return any(r is True for r in results)
+
+    async def _deliver(self, notice: Notice, channel: str) -> bool:
+        method = ReferralActivities.send_sms if channel == "sms" else ReferralActivities.send_email
+        try:
+            await workflow.execute_activity_method(
+                method,
+                notice,
+                start_to_close_timeout=SEND_TIMEOUT,
+                schedule_to_close_timeout=DELIVERY_GIVE_UP,
+                retry_policy=DELIVERY_RETRY,
+                summary=f"{channel} {notice.template} to {notice.recipient} {notice.recipient_id}",
+            )
+            return True
+        except ActivityError as err:
+            cause = err.cause
+            problem = cause.type if isinstance(cause, ApplicationError) and cause.type else "gave_up"
+            self._channel_problems.append(
+                ChannelProblem(at=workflow.now(), partner_id=notice.recipient_id, channel=channel, problem=problem)  # type: ignore[arg-type]
+            )
+            if notice.recipient == "partner" and not self._closed_at:
+                self._notify(
+                    "coordinator",
+                    self._input.intake.region,
+                    "channel_problem",
+                    service=notice.context.service,
+                    partner_id=notice.recipient_id,
+                    channel=channel,
+                    problem=problem,
+                )
+            return False
+
+    def _cancel_pending_messages(self) -> None:
+        """On closure, offers and check-ins still retrying must not go out late."""
+        for task in self._background:
+            if not task.done():
+                task.cancel()
+        self._background = []
+        for run in self._services.values():
+            attempt = run.pending_attempt()
+            if attempt is not None:
+                attempt.outcome = "withdrawn"
+                self._notify_partner(run, attempt.partner_id, "referral_closed", closed_reason=self._closing)
+            elif run.status.accepted_at and run.status.partner_id and not run.done:
+                self._notify_partner(run, run.status.partner_id, "referral_closed", closed_reason=self._closing)
+
+    async def _drain_background(self) -> None:
+        while self._background:
+            pending, self._background = self._background, []
+            await asyncio.gather(*pending, return_exceptions=True)
