@@ -14,7 +14,9 @@ from temporalio.exceptions import ApplicationError
 from activities.directory import ConfigError, Contact, Directory, load_directory, load_policy
 from activities.email import EmailRefused, build_email, send_email
 from activities.messages import RenderedMessage, render
+from activities.partner_links import LINK_TEMPLATES, partner_link
 from activities.sms import SmsBackend, SmsRefused, build_sms_backend
+from activities.sms_store import is_opted_out
 from config.settings import Settings
 from workflows.models import Candidate, Delivery, EscalationPolicy, MatchRequest, Notice
 
@@ -67,6 +69,16 @@ class ReferralActivities:
 
     def _render(self, notice: Notice, contact: Contact) -> RenderedMessage:
         link = None
+        if notice.recipient == "partner" and notice.template in LINK_TEMPLATES:
+            # A fresh signed link to the partner details page; None when no secret is configured.
+            link = partner_link(
+                self.settings.public_base_url,
+                self.settings.partner_link_secret,
+                self.settings.partner_link_ttl_hours,
+                notice.context.code,
+                contact.id,
+                contact.language,
+            )
         return render(notice, contact.language, self.settings.referral_messages_dir, self.settings.referral_timezone, link)
 
     @activity.defn
@@ -81,8 +93,18 @@ class ReferralActivities:
                 if i == 0:
                     raise ApplicationError("recipient has no SMS number", type="NoSmsNumber", non_retryable=True)
                 continue
+            if is_opted_out(self.settings, contact.sms):
+                # The number answered STOP (recorded by the SMS webhook): email only.
+                if i == 0:
+                    raise ApplicationError("recipient opted out of SMS (STOP)", type="OptedOut", non_retryable=True)
+                continue
             try:
-                await self.sms.send(contact.sms, message.sms, f"{key}/{contact.id}")
+                await self.sms.send(
+                    contact.sms,
+                    message.sms,
+                    f"{key}/{contact.id}",
+                    callback_params={"code": notice.context.code, "partner": contact.id},
+                )
             except SmsRefused as err:
                 if i == 0:
                     raise ApplicationError(f"SMS refused: {err.kind}", type=err.kind, non_retryable=True) from None
@@ -111,6 +133,9 @@ class ReferralActivities:
             sent += 1
         log.info("email sent", code=notice.context.code, template=notice.template, recipient=notice.recipient_id, messages=sent)
         return Delivery(channel="email", status="sent" if sent else "skipped")
+
+    async def aclose(self) -> None:
+        await self.sms.aclose()
 
     def all(self) -> list:
         return [self.load_policy, self.match_partners, self.send_sms, self.send_email]

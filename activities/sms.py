@@ -29,9 +29,12 @@ class SmsRefused(Exception):
 
 
 class SmsBackend(Protocol):
-    async def send(self, to: str, body: str, key: str) -> str:
-        """Send `body` to the E.164 number `to`. `key` is stable across retries of one message."""
+    async def send(self, to: str, body: str, key: str, callback_params: dict[str, str] | None = None) -> str:
+        """Send `body` to the E.164 number `to`. `key` is stable across retries of one message;
+        `callback_params` go on the delivery-status callback URL (referral code, partner id)."""
         ...
+
+    async def aclose(self) -> None: ...
 
 
 class OutboxSms:
@@ -56,7 +59,10 @@ class OutboxSms:
                         continue
         return keys
 
-    async def send(self, to: str, body: str, key: str) -> str:
+    async def aclose(self) -> None:
+        return None
+
+    async def send(self, to: str, body: str, key: str, callback_params: dict[str, str] | None = None) -> str:
         async with self._lock:
             if self._keys is None:
                 self._keys = self._load_keys()

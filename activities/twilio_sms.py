@@ -72,7 +72,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 import aiohttp
 import structlog
@@ -326,14 +326,14 @@ class TwilioSms:
     def _messages(self):
         return self._client.api.v2010.account.messages
 
-    async def send(self, to: str, body: str, key: str) -> str:
+    async def send(self, to: str, body: str, key: str, callback_params: dict[str, str] | None = None) -> str:
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
         async with lock:
-            return await self._send(to, body, key)
+            return await self._send(to, body, key, callback_params)
 
-    async def _send(self, to: str, body: str, key: str) -> str:
+    async def _send(self, to: str, body: str, key: str, callback_params: dict[str, str] | None = None) -> str:
         self._open()
         digest = body_digest(body)
         record = self.attempts.get(key)
@@ -362,7 +362,7 @@ class TwilioSms:
 
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                message = await self._messages.create_async(**self._create_params(to, body))
+                message = await self._messages.create_async(**self._create_params(to, body, callback_params))
         except TwilioRestException as err:
             status, code = err.status, _code(err)
             if status == 429 or code == TOO_MANY_REQUESTS_CODE:
@@ -397,14 +397,17 @@ class TwilioSms:
         log.info("twilio message created", sid=message.sid, status=message.status)
         return message.sid
 
-    def _create_params(self, to: str, body: str) -> dict[str, Any]:
+    def _create_params(self, to: str, body: str, callback_params: dict[str, str] | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"to": to, "body": body}
         if self.from_number:
             params["from_"] = self.from_number
         if self.messaging_service_sid:
             params["messaging_service_sid"] = self.messaging_service_sid
         if self.status_callback:
-            params["status_callback"] = self.status_callback
+            # `?code=&partner=` tells the status webhook which referral to tell; Twilio signs
+            # the whole URL, query included, so these cannot be forged.
+            query = f"?{urlencode(sorted(callback_params.items()))}" if callback_params else ""
+            params["status_callback"] = self.status_callback + query
         return params
 
     # -- the duplicate look-up ---------------------------------------------------------------

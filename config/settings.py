@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
     referral_task_queue: str = "referrals"
+    dev_ui_port: int = 8233  # make run: the dev server's Web UI (its gRPC port is TEMPORAL_ADDRESS's)
 
     # Configuration files, read by activities so edits never break a running referral
     referral_policy_file: Path = CONFIG_DIR / "policy.yaml"
@@ -54,6 +55,22 @@ class Settings(BaseSettings):
     public_base_url: str = "http://localhost:8000"
     web_port: int = 8000
     referral_api_tokens: str = Field(default="", description="comma-separated bearer tokens")
+
+    # Partner details page (issue 4): partner emails carry PUBLIC_BASE_URL/p/<token>, a link
+    # signed with HMAC-SHA256 under this key (activities/partner_links.py). Unset: emails carry
+    # no link and the page refuses every token. Changing it invalidates every link sent.
+    partner_link_secret: str | None = Field(default=None, min_length=32)
+    partner_link_ttl_hours: int = Field(default=72, ge=1, le=24 * 90)
+
+    # Web form (starter/forms.py): coordinators' logins and their session cookie.
+    # `python -m starter.forms hash-password` prints a hash for COORDINATOR_LOGINS. Login `api`
+    # also accepts any token of REFERRAL_API_TOKENS as its password.
+    coordinator_logins: str = Field(
+        default="", description="comma-separated login:pbkdf2_sha256$<iterations>$<salt>$<hex> entries"
+    )
+    # HMAC key of the session cookie; empty: a random key per process (sessions end at restart)
+    web_session_secret: str = ""
+    web_session_hours: float = 12.0
 
     # Logs
     log_format: Literal["console", "json"] = "console"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -37,9 +38,13 @@ class UsageError(Exception):
     """Bad input: printed as one line, exit status 2."""
 
 
-def fail(message: str, status: int = 2) -> NoReturn:
+def complain(message: str, status: int = 2) -> int:
     print(f"referral: {message}", file=sys.stderr)
-    raise SystemExit(status)
+    return status
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    raise SystemExit(complain(message, status))
 
 
 def load_intake(path: str) -> Intake:
@@ -74,13 +79,8 @@ def _print_json(obj: object) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     settings = get_settings()
-    if args.command == "worker":
-        from worker import main as worker_main
-
-        worker_main()
-        return 0
     if args.command == "reply":
-        from starter.sms_reply_cli import reply_command
+        from starter.sms_webhook import reply_command
 
         return await reply_command(settings, args)
     intake = load_intake(args.file) if args.command == "start" else None
@@ -198,21 +198,38 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    status = _main(argv)
+    # The Temporal client's native runtime can crash in interpreter shutdown of a short-lived
+    # process (sdk-python#300): flush and leave without running finalizers.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "worker":
+        from worker import main as worker_main
+
+        worker_main()
+        return 0
     try:
-        status = asyncio.run(_run(args))
+        return asyncio.run(_run(args))
     except UsageError as err:
-        fail(str(err))
+        return complain(str(err))
     except referrals.ReferralNotFound as err:
-        fail(str(err))
+        return complain(str(err))
     except referrals.ReferralRejected as err:
         if err.kind == "already_applied":
             print(f"referral: {err}")
-            raise SystemExit(0) from None
-        fail(f"refused ({err.kind}): {err}")
+            return 0
+        return complain(f"refused ({err.kind}): {err}")
     except ValidationError as err:
-        fail(describe_errors(err))
-    raise SystemExit(status)
+        return complain(describe_errors(err))
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else 2
+    except BrokenPipeError:
+        return 0
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ one pending item. Whatever cannot be read is action "unknown". `parse_sms` never
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal, get_args
 
 __all__ = [
@@ -98,16 +101,19 @@ _FILLERS_RAW = ("R", "REF", "REFERENCE", "REFERRAL", "CODE", "N", "NUM", "NUMERO
 _WINDOW = 4
 
 # Arabic-Indic (U+0660..) and Extended Arabic-Indic (U+06F0..) digits to ASCII, one for one.
-_DIGITS = {0x0660 + i: ord("0") + i for i in range(10)} | {0x06F0 + i: ord("0") + i for i in range(10)}
+_DIGITS = {base + i: ord("0") + i for base in (0x0660, 0x06F0) for i in range(10)}
 # Normalised Arabic letter variants: ta marbuta -> ha, alef maqsura -> ya, Persian yeh/keheh.
 _ARABIC_FOLD = str.maketrans({"ة": "ه", "ى": "ي", "ی": "ي", "ک": "ك"})
 _TATWEEL = "ـ"
+_VARIATION_SELECTORS = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]")
 _APOSTROPHES = frozenset("'’")
 # French elisions ("d'accord", "j'accepte", "l'enfant"): the apostrophe stays inside the word,
 # so "D'accord" is never read as D (decline).
 _ELISIONS = frozenset({"C", "D", "J", "L", "M", "N", "S", "T", "QU"})
-# Leading characters dropped from a reason ("D 7K3Q9: no beds" -> "no beds").
-_TEXT_LEAD = frozenset(":;,.-–—_/\\|!?#~*=+>»·•،؛؟")
+# Leading characters dropped from a reason ("D 7K3Q9: no beds" -> "no beds", "D (R-7K3Q9)").
+_TEXT_LEAD = frozenset(":;,.-–—_/\\|!?#~*=+>»)]}·•،؛؟")
+# Trailing characters dropped from the words before a code ("sorry (R-7K3Q9)" -> "sorry").
+_TEXT_BEFORE_CODE = " \t([{«#\"'“‘:-–—"
 
 # Only this much of a message is read: a concatenated SMS is at most ~1,600 characters.
 _MAX_INPUT = 4000
@@ -123,9 +129,10 @@ def _key(word: str) -> str:
     return unicodedata.normalize("NFC", stripped).translate(_ARABIC_FOLD).upper()
 
 
-KEYWORDS: dict[str, str] = {
-    _key(word): action for action, words in _KEYWORDS_BY_ACTION.items() for word in words
-}
+# Normalised keyword -> action (read-only).
+KEYWORDS: Mapping[str, str] = MappingProxyType(
+    {_key(word): action for action, words in _KEYWORDS_BY_ACTION.items() for word in words}
+)
 _FILLERS = frozenset(_key(w) for w in _FILLERS_RAW)
 # Longer words are not even normalised: no keyword or filler is that long, even written with
 # every Arabic diacritic and tatweel.
@@ -158,6 +165,9 @@ def _prepare(body: object) -> tuple[str, str]:
     display = unicodedata.normalize("NFKC", raw)
     if not display.isprintable():  # NFKC may turn a compatibility character into a space
         display = "".join(ch if ch.isprintable() else " " for ch in display)
+    # Variation selectors (the emoji/text presentation hints in "❤️") would otherwise glue onto
+    # the word before them: "7K3Q9\ufe0f" must stay the code 7K3Q9.
+    display = _VARIATION_SELECTORS.sub("", display)
     return display, display.translate(_DIGITS)
 
 
@@ -340,8 +350,11 @@ def _parse(body: object) -> SmsCommand:
         first_end = spans[0][1]
         if code is None:
             rest = display[first_end:]
-        else:
-            rest = display[first_end:code_start] + " " + display[code_end:]
+        elif first_after:  # only fillers and punctuation stood between keyword and code
+            rest = display[code_end:]
+        else:  # "D sorry R-7K3Q9 no beds": the words before the code are part of the reason
+            before = display[first_end:code_start].rstrip().rstrip(_TEXT_BEFORE_CODE)
+            rest = before + " " + display[code_end:]
         text = _clean_text(rest)
     return SmsCommand(action, code, text)  # type: ignore[arg-type]
 

@@ -1,7 +1,7 @@
 """What crosses the workflow's boundary: its input, updates, query results and activity I/O.
 
-None of the models below except `ReferralInput` may carry personal data: they are shown in
-status output, written in messages, or passed to activities that log.
+None of the models below except `ReferralInput` and `PersonDetails` may carry personal data:
+they are shown in status output, written in messages, or passed to activities that log.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from workflows.intake import Assessment, Intake, Service, Urgency
+from workflows.intake import Assessment, Intake, Person, Service, Urgency
 
 Stage = Literal[
     "identification", "notification", "awaiting_acceptance", "follow_up", "escalated", "closed"
@@ -183,6 +183,7 @@ class ChannelProblem(_Model):
     partner_id: str
     channel: Literal["sms", "email"]
     problem: str
+    message_sid: str | None = None
 
 
 class ServiceStatus(_Model):
@@ -200,6 +201,15 @@ class ServiceStatus(_Model):
     completed_at: datetime | None = None
 
 
+class ChannelReport(_Model):
+    """From the SMS webhook: a message undelivered or failed, or the partner opted out (STOP)."""
+
+    partner_id: str
+    channel: Literal["sms", "email"] = "sms"
+    problem: str = Field(max_length=64)
+    message_sid: str | None = Field(default=None, max_length=64)
+
+
 class ReferralStatus(_Model):
     code: str
     workflow_id: str
@@ -209,6 +219,9 @@ class ReferralStatus(_Model):
     region: str
     started_at: datetime
     assessment: Assessment
+    # Not identifying (the offer email carries them too); shown on the partner page's offer
+    age_group: str | None = None
+    languages: list[str] = Field(default_factory=list, description="the person's languages, ISO 639-1")
     services: list[ServiceStatus]
     escalation_level: int
     awaiting_partners: list[str]
@@ -216,6 +229,18 @@ class ReferralStatus(_Model):
     channel_problems: list[ChannelProblem] = Field(default_factory=list)
     closed_at: datetime | None = None
     closed_reason: Literal["completed", "closed", "cancelled", "consent_withdrawn"] | None = None
+
+
+class PersonDetails(_Model):
+    """PERSONAL DATA: the intake's person and notes, for the partner that holds a service.
+
+    Returned only by the workflow's `person_details` query, only to the partner details page
+    (starter/partner_page.py), and only while that partner has accepted or been assigned a
+    service of the referral. Never log it, put it in a message, a status or a search attribute.
+    """
+
+    person: Person
+    notes: str | None = None
 
 
 class ReferralSummary(_Model):

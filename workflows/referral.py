@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         Attempt,
         Candidate,
         ChannelProblem,
+        ChannelReport,
         CoordinatorAction,
         EscalationPolicy,
         FollowUp,
@@ -37,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         Notice,
         NoticeContext,
         PartnerReply,
+        PersonDetails,
         ReferralInput,
         ReferralStatus,
         ReferralSummary,
@@ -375,6 +377,38 @@ class ReferralWorkflow:
             raise _reject("reassigned", f"{code} was reassigned")
         raise _reject("not_offered", f"{code} is not offered to you")
 
+    @workflow.signal
+    def report_channel_problem(self, report: ChannelReport) -> None:
+        """A delivery failure or opt-out seen by the SMS webhook: record it, tell the coordinator.
+        The email to the partner went out beside the SMS, so email is the fallback already."""
+        if self._closed_at is not None:
+            return
+        if report.message_sid and any(p.message_sid == report.message_sid for p in self._channel_problems):
+            return  # Twilio may call back more than once
+        self._channel_problems.append(
+            ChannelProblem(
+                at=workflow.now(),
+                partner_id=report.partner_id,
+                channel=report.channel,
+                problem=report.problem,
+                message_sid=report.message_sid,
+            )
+        )
+        services = [r.status.service for r in self._services.values() if report.partner_id in self._involved(r)]
+        self._notify(
+            "coordinator",
+            self._input.intake.region,
+            "channel_problem",
+            service=services[0] if services else None,
+            partner_id=report.partner_id,
+            channel=report.channel,
+            problem=report.problem,
+        )
+
+    @staticmethod
+    def _involved(run: _ServiceRun) -> set[str]:
+        return {a.partner_id for a in run.status.attempts} | ({run.status.partner_id} if run.status.partner_id else set())
+
     # --- coordinator actions -------------------------------------------------------------
 
     @workflow.update
@@ -428,6 +462,8 @@ class ReferralWorkflow:
             region=intake.region,
             started_at=workflow.info().start_time,
             assessment=self._assessment,
+            age_group=intake.person.age_group,
+            languages=intake.person.languages,
             services=[r.status for r in self._services.values()],
             escalation_level=self._escalation_level(),
             awaiting_partners=awaiting,
@@ -436,6 +472,30 @@ class ReferralWorkflow:
             closed_at=self._closed_at,
             closed_reason=self._closed_reason,  # type: ignore[arg-type]
         )
+
+    @workflow.query
+    def person_details(self, partner_id: str) -> PersonDetails | None:
+        """PERSONAL DATA, for the partner details page only: the person and notes, when this
+        partner currently holds a service (accepted, or assigned by the coordinator, and not yet
+        completed) of an open referral; None otherwise, e.g. before acceptance or for anyone else."""
+        if self._closing or self._closed_at is not None:
+            return None
+        for run in self._services.values():
+            if run.done or run.status.stage == "closed":
+                continue
+            holds = run.status.partner_id == partner_id and run.status.accepted_at is not None
+            # Accepted by an update the service loop has not taken up yet
+            last = run.status.attempts[-1] if run.status.attempts else None
+            just_accepted = (
+                run.status.accepted_at is None
+                and last is not None
+                and last.partner_id == partner_id
+                and last.outcome == "accepted"
+            )
+            if holds or just_accepted:
+                intake = self._input.intake
+                return PersonDetails(person=intake.person, notes=intake.notes)
+        return None
 
     def _stage(self) -> str:
         if self._closed_at is not None:
@@ -462,12 +522,24 @@ class ReferralWorkflow:
                 deadlines.append(checkin.answer_by)
         return sorted(set(partners)), min(deadlines, default=None)
 
+    def _engaged(self) -> list[str]:
+        """Partners offered the referral now, or serving a service not yet completed."""
+        partners = set()
+        for run in self._services.values():
+            if run.status.stage == "closed" or run.done:
+                continue
+            if run.pending_attempt() is not None or run.status.accepted_at is not None:
+                if run.status.partner_id:
+                    partners.add(run.status.partner_id)
+        return sorted(partners)
+
     def _publish(self) -> None:
         """Upsert search attributes and UI details, only when something they show changed."""
         awaiting, due = self._awaiting()
+        engaged = self._engaged()
         stage = self._stage()
         level = self._escalation_level()
-        state = (stage, tuple(awaiting), due, level)
+        state = (stage, tuple(awaiting), tuple(engaged), due, level)
         if state == self._published:
             return
         self._published = state
@@ -478,6 +550,7 @@ class ReferralWorkflow:
                 sa.REFERRAL_REGION.value_set(self._input.intake.region),
                 sa.REFERRAL_SERVICES.value_set(list(self._services)),
                 sa.AWAITING_PARTNERS.value_set(awaiting),
+                sa.REFERRAL_PARTNERS.value_set(engaged),
                 sa.ESCALATION_LEVEL.value_set(level),
                 sa.REPLY_DUE_BY.value_set(due) if due else sa.REPLY_DUE_BY.value_unset(),
             ]

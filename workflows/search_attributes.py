@@ -10,6 +10,8 @@ REFERRAL_URGENCY = SearchAttributeKey.for_keyword("ReferralUrgency")
 REFERRAL_REGION = SearchAttributeKey.for_keyword("ReferralRegion")
 REFERRAL_SERVICES = SearchAttributeKey.for_keyword_list("ReferralServices")
 AWAITING_PARTNERS = SearchAttributeKey.for_keyword_list("AwaitingPartners")
+# Partners offered the referral now or serving it: who may reply by SMS without a code.
+REFERRAL_PARTNERS = SearchAttributeKey.for_keyword_list("ReferralPartners")
 ESCALATION_LEVEL = SearchAttributeKey.for_int("EscalationLevel")
 # Earliest deadline of a reply awaited now; lets `referral list --overdue` find stuck referrals.
 REPLY_DUE_BY = SearchAttributeKey.for_datetime("ReplyDueBy")
@@ -20,6 +22,7 @@ ALL = (
     REFERRAL_REGION,
     REFERRAL_SERVICES,
     AWAITING_PARTNERS,
+    REFERRAL_PARTNERS,
     ESCALATION_LEVEL,
     REPLY_DUE_BY,
 )

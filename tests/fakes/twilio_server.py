@@ -190,7 +190,7 @@ class FakeTwilio:
         return f"/{API_VERSION}/Accounts/{self.account_sid}/Messages.json"
 
     def start(self) -> FakeTwilio:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # so asyncio sets TCP_NODELAY
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -306,7 +306,11 @@ class FakeTwilio:
 
     def send_status(self, sid: str, message_status: str, error_code: int | str | None = None, url: str | None = None) -> httpx.Response:
         """Move the message to `message_status` and POST Twilio's signed status callback."""
-        target = url or self.message(sid).get("_status_callback")
+        with self._lock:
+            stored = next((m for m in self._messages if m["sid"] == sid), None)
+        if stored is None:
+            raise KeyError(sid)
+        target = url or stored["_status_callback"]
         if not target:
             raise ValueError(f"message {sid} has no StatusCallback and no url was given")
         self.set_status(sid, message_status, error_code)

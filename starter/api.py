@@ -1,0 +1,396 @@
+"""The coordinators' JSON API under /api: start, read, list and steer referrals.
+
+Every route mirrors a CLI command and calls the same functions in `starter.referrals`.
+
+- Auth: `Authorization: Bearer <token>`, compared in constant time with each token of
+  `REFERRAL_API_TOKENS` (comma-separated). None configured: every call is refused. It is checked
+  before the body is read, so an unauthenticated caller learns nothing about its input.
+- Errors: `{"errors": [{"field", "message"}]}` (401, 404, 413, 415, 422, 503) and, for an update
+  the referral refused, 409 `{"kind", "message"}` with `kind` from `workflows.models.REJECTION_TYPES`.
+  The same action or reply applied twice (`already_applied`) is not an error: 200
+  `{"code", "kind": "already_applied", "message"}`, so a script may safely retry.
+  No error ever repeats a submitted value: the intake holds personal data.
+- Bodies: JSON only (`Content-Type: application/json`, else 415), at most 64 KiB (else 413).
+- `Idempotency-Key` header (optional) on actions and replies: becomes the Temporal update id, so a
+  retried call is applied once and answered with the first outcome.
+
+FastAPI's default handling of invalid requests (a 422 whose `detail` echoes the `input`) is
+replaced for these routes by `_ApiRoute`, which turns it into the field list above.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+from typing import Annotated, Any, Callable, Coroutine, Literal
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from temporalio.service import RPCError
+
+from config.settings import Settings
+from starter import referrals, web
+from workflows.intake import Intake, Region, Service, field_errors
+from workflows.models import (
+    PARTNER_ACTIONS,
+    STAGE_ORDER,
+    ActionOutcome,
+    CoordinatorAction,
+    PartnerReply,
+    ReferralStatus,
+    ReplyOutcome,
+)
+
+MAX_BODY_BYTES = 64 * 1024
+STAGES = (*STAGE_ORDER, "escalated")
+
+StageName = Literal["identification", "notification", "awaiting_acceptance", "follow_up", "escalated", "closed"]
+PartnerAction = Literal["accept", "decline", "ok", "done", "issue"]
+assert set(STAGES) == set(StageName.__args__)  # type: ignore[attr-defined]
+assert set(PARTNER_ACTIONS) == set(PartnerAction.__args__)  # type: ignore[attr-defined]
+
+
+# --- response and body models (shown at /docs) -------------------------------------------
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="dotted path of the field, e.g. person.contact_phone; (body) for the whole body")
+    message: str = Field(description="what is wrong; never the submitted value")
+
+
+class ErrorList(BaseModel):
+    errors: list[FieldError]
+
+
+class Rejection(BaseModel):
+    kind: str = Field(description="one of workflows.models.REJECTION_TYPES, e.g. not_offered, referral_closed")
+    message: str
+
+
+class AlreadyApplied(BaseModel):
+    code: str
+    kind: Literal["already_applied"] = "already_applied"
+    message: str
+
+
+class StartedReferral(BaseModel):
+    code: str = Field(description="the referral code, e.g. 7K3Q9 (shown as R-7K3Q9)")
+    workflow_id: str
+    status_url: str
+    created: bool = Field(description="false when this external_ref had already started the referral")
+
+
+class ListedReferral(BaseModel):
+    code: str
+    workflow_id: str
+    stage: str | None
+    urgency: str | None
+    region: str | None
+    escalation_level: int | None
+    awaiting_partners: list[str]
+    reply_due_by: datetime | None
+    running: bool
+
+
+class ReferralList(BaseModel):
+    referrals: list[ListedReferral]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class AssignBody(_Body):
+    service: Service
+    partner_id: str = Field(min_length=1, max_length=64, description="a partner id from the directory that offers `service`")
+    by: str | None = Field(default=None, max_length=64, description="coordinator id")
+    reason: str | None = Field(default=None, max_length=1600)
+
+
+class CloseBody(_Body):
+    service: Service | None = Field(default=None, description="close only this service; the whole referral when absent")
+    by: str | None = Field(default=None, max_length=64)
+    reason: str | None = Field(default=None, max_length=1600)
+
+
+class ActionBody(_Body):
+    by: str | None = Field(default=None, max_length=64)
+    reason: str | None = Field(default=None, max_length=1600)
+
+
+class ReplyBody(_Body):
+    partner_id: str = Field(min_length=1, max_length=64)
+    action: PartnerAction
+    reason: str | None = Field(default=None, max_length=1600)
+    service: Service | None = Field(default=None, description="the service replied about; all of the partner's when absent")
+
+
+# --- errors, auth and body limits: one route class for every /api route --------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, errors: list[dict[str, str]], headers: dict[str, str] | None = None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.errors = errors
+        self.headers = headers
+
+
+def _error(status: int, field: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"errors": [{"field": field, "message": message}]}, status_code=status, headers=headers)
+
+
+def request_errors(errors: list[Any]) -> list[dict[str, str]]:
+    """FastAPI's validation errors as {field, message}, without `input` or `ctx` (personal data)."""
+    out = []
+    for item in errors:
+        loc = [str(p) for p in item.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path", "header"):
+            loc = loc[1:]
+        if item.get("type") == "json_invalid":
+            out.append({"field": "(body)", "message": "malformed JSON"})
+            continue
+        field = ".".join(loc)
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        if not field and ": " in message:
+            # Model-level rules name their own field: "consent: ..."
+            field, message = message.split(": ", 1)
+        out.append({"field": field or "(body)", "message": message})
+    return out
+
+
+def _tokens(settings: Settings) -> list[bytes]:
+    return [t.strip().encode() for t in settings.referral_api_tokens.split(",") if t.strip()]
+
+
+def authorised(settings: Settings, header: str | None) -> bool:
+    """Constant time in the token; every configured token is compared."""
+    tokens = _tokens(settings)
+    if not tokens or not header:
+        return False
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return False
+    candidate = given.strip().encode()
+    ok = False
+    for token in tokens:
+        ok |= hmac.compare_digest(token, candidate)
+    return ok
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+async def _read_capped(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            if int(length) > MAX_BODY_BYTES:
+                raise ApiError(413, [{"field": "(body)", "message": f"the body is larger than {MAX_BODY_BYTES // 1024} KiB"}])
+        except ValueError:
+            raise ApiError(400, [{"field": "(body)", "message": "bad Content-Length"}]) from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, [{"field": "(body)", "message": f"the body is larger than {MAX_BODY_BYTES // 1024} KiB"}])
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    # Starlette caches the body here; FastAPI's handler then reads this copy.
+    request._body = body  # noqa: SLF001
+    return body
+
+
+class _ApiRoute(APIRoute):
+    """Checks the bearer token, caps and types the body, and renders every error as JSON fields."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            try:
+                if not authorised(web.settings_of(request), request.headers.get("authorization")):
+                    return _error(401, "Authorization", "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
+                if request.method in ("POST", "PUT", "PATCH"):
+                    body = await _read_capped(request)
+                    if body and not _is_json(request.headers.get("content-type")):
+                        return _error(415, "(body)", "Content-Type must be application/json")
+                return await handle(request)
+            except ApiError as err:
+                return JSONResponse({"errors": err.errors}, status_code=err.status, headers=err.headers)
+            except RequestValidationError as err:
+                return JSONResponse({"errors": request_errors(list(err.errors()))}, status_code=422)
+            except ValidationError as err:
+                return JSONResponse({"errors": field_errors(err)}, status_code=422)
+            except referrals.ReferralNotFound as err:
+                return _error(404, "code", str(err))
+            except referrals.ReferralRejected as err:
+                if err.kind == "already_applied":
+                    code = request.path_params.get("code", "")
+                    return JSONResponse(AlreadyApplied(code=_normalised(code), message=str(err)).model_dump())
+                return JSONResponse(Rejection(kind=err.kind, message=str(err)).model_dump(), status_code=409)
+            except RPCError:
+                return _error(503, "(server)", "Temporal is unavailable; try again later")
+
+        return route_handler
+
+
+def _normalised(code: str) -> str:
+    try:
+        return referrals.normalise_code(code)
+    except ValueError:
+        return code
+
+
+# The scheme is declared for /docs ("Authorize"); `_ApiRoute` does the actual check.
+_bearer_doc = HTTPBearer(auto_error=False, description="a token from REFERRAL_API_TOKENS")
+
+_ERRORS = {"model": ErrorList}
+router = APIRouter(
+    prefix="/api",
+    tags=["referrals"],
+    route_class=_ApiRoute,
+    dependencies=[Depends(_bearer_doc)],
+    responses={
+        401: {**_ERRORS, "description": "no or wrong bearer token"},
+        422: {**_ERRORS, "description": "invalid input; each error names its field, never its value"},
+        503: {**_ERRORS, "description": "Temporal unreachable"},
+    },
+)
+
+CodePath = Annotated[str, Path(description="referral code: 7K3Q9, R-7K3Q9 or r7k3q9")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(max_length=64, pattern=r"^[A-Za-z0-9._:-]+$", description="optional; a retry with the same key is applied once"),
+]
+_UPDATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {**_ERRORS, "description": "no such referral"},
+    409: {"model": Rejection, "description": "refused by the referral (closed, not offered, ...)"},
+}
+
+
+def _code(text: str) -> str:
+    try:
+        return referrals.normalise_code(text)
+    except ValueError as err:
+        field, _, message = str(err).partition(": ")
+        raise ApiError(422, [{"field": "code", "message": message or field}]) from None
+
+
+def _update_id(key: str | None, what: str) -> str | None:
+    return f"api-{what}-{key}" if key else None
+
+
+def _status_url(settings: Settings, code: str) -> str:
+    return f"{settings.public_base_url.rstrip('/')}/api/referrals/{code}"
+
+
+@router.post(
+    "/referrals",
+    status_code=201,
+    response_model=StartedReferral,
+    summary="Start a referral from an intake",
+    responses={
+        200: {"model": StartedReferral, "description": "this external_ref already started a referral: that one"},
+        413: {**_ERRORS, "description": "body over 64 KiB"},
+        415: {**_ERRORS, "description": "not application/json"},
+    },
+)
+async def start(intake: Intake, request: Request, response: Response) -> StartedReferral:
+    """Idempotent by `external_ref`: the same one again answers 200 with the existing referral."""
+    settings = web.settings_of(request)
+    started = await referrals.start_referral(web.client_of(request), intake, settings.referral_task_queue)
+    url = _status_url(settings, started.code)
+    response.status_code = 201 if started.created else 200
+    response.headers["Location"] = url
+    return StartedReferral(code=started.code, workflow_id=started.workflow_id, status_url=url, created=started.created)
+
+
+@router.get(
+    "/referrals/{code}",
+    response_model=ReferralStatus,
+    summary="A referral's status (no personal data)",
+    responses={404: {**_ERRORS, "description": "no such referral"}},
+)
+async def status(code: CodePath, request: Request) -> ReferralStatus:
+    return await referrals.get_status(web.client_of(request), _code(code))
+
+
+@router.get("/referrals", response_model=ReferralList, summary="Referrals from Temporal visibility")
+async def list_(
+    request: Request,
+    stage: Annotated[StageName | None, Query()] = None,
+    region: Annotated[Region | None, Query()] = None,
+    overdue: Annotated[bool, Query(description="open referrals past a deadline or escalated")] = False,
+) -> ReferralList:
+    rows = await referrals.list_referrals(web.client_of(request), referrals.list_query(stage, region, overdue))
+    return ReferralList(referrals=[ListedReferral(**row.__dict__) for row in rows])
+
+
+async def _act(request: Request, code: str, action: CoordinatorAction, key: str | None) -> ActionOutcome:
+    return await referrals.coordinator_action(web.client_of(request), _code(code), action, _update_id(key, action.action))
+
+
+@router.post("/referrals/{code}/assign", response_model=ActionOutcome, responses=_UPDATE_RESPONSES, summary="Assign a partner to a service by hand")
+async def assign(code: CodePath, body: AssignBody, request: Request, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
+    code = _code(code)
+    _check_partner(web.settings_of(request), body.partner_id, body.service)
+    action = CoordinatorAction(action="assign", service=body.service, partner_id=body.partner_id, by=body.by, reason=body.reason)
+    return await _act(request, code, action, idempotency_key)
+
+
+@router.post("/referrals/{code}/cancel", response_model=ActionOutcome, responses=_UPDATE_RESPONSES, summary="Cancel the referral")
+async def cancel(code: CodePath, request: Request, body: ActionBody | None = None, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
+    body = body or ActionBody()
+    return await _act(request, code, CoordinatorAction(action="cancel", by=body.by, reason=body.reason), idempotency_key)
+
+
+@router.post("/referrals/{code}/close", response_model=ActionOutcome, responses=_UPDATE_RESPONSES, summary="Close the referral, or one service")
+async def close(code: CodePath, request: Request, body: CloseBody | None = None, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
+    body = body or CloseBody()
+    action = CoordinatorAction(action="close", service=body.service, by=body.by, reason=body.reason)
+    return await _act(request, code, action, idempotency_key)
+
+
+@router.post(
+    "/referrals/{code}/withdraw-consent",
+    response_model=ActionOutcome,
+    responses=_UPDATE_RESPONSES,
+    summary="The person withdrew consent: stop everything",
+)
+async def withdraw_consent(code: CodePath, request: Request, body: ActionBody | None = None, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
+    body = body or ActionBody()
+    return await _act(request, code, CoordinatorAction(action="withdraw_consent", by=body.by, reason=body.reason), idempotency_key)
+
+
+@router.post(
+    "/referrals/{code}/replies",
+    response_model=ReplyOutcome,
+    responses=_UPDATE_RESPONSES,
+    summary="Record a partner's reply, as an SMS reply would",
+)
+async def reply(code: CodePath, body: ReplyBody, request: Request, idempotency_key: IdempotencyKey = None) -> ReplyOutcome:
+    code = _code(code)
+    answer = PartnerReply(partner_id=body.partner_id, action=body.action, reason=body.reason, service=body.service, channel="api")
+    return await referrals.partner_reply(web.client_of(request), code, answer, _update_id(idempotency_key, "reply"))
+
+
+def _check_partner(settings: Settings, partner_id: str, service: str) -> None:
+    from activities.directory import ConfigError, load_directory
+
+    try:
+        partner = load_directory(settings.referral_partners_file).partner(partner_id)
+    except ConfigError:
+        raise ApiError(503, [{"field": "(server)", "message": "the partner directory cannot be read"}]) from None
+    if partner is None:
+        raise ApiError(422, [{"field": "partner_id", "message": "no such partner in the directory"}])
+    if service not in partner.services:
+        raise ApiError(422, [{"field": "partner_id", "message": f"this partner does not offer {service}"}])

@@ -1,0 +1,534 @@
+"""Twilio's webhooks: partners' SMS replies in, delivery status callbacks in; `referral reply`.
+
+    POST /sms/inbound   a partner's SMS -> the matching update -> a TwiML <Message> answer
+    POST /sms/status    ?code=<CODE>&partner=<id>: undelivered/failed -> a channel problem
+
+Both check `X-Twilio-Signature` against the URL Twilio was given: `PUBLIC_BASE_URL` + the
+endpoint's path + the query string, never the request's Host header (a proxy or an attacker
+sets that). No TWILIO_AUTH_TOKEN, no signature or a wrong one: 403 and nothing changes.
+
+Inbound, in order: the sender's number is looked up in the partner directory (an unknown number
+gets the same neutral text in French, Arabic and English, which says nothing about any
+referral); the body is parsed (`starter.sms_commands`); STOP records the opt-out and tells every
+open referral of that partner (`report_channel_problem`), START removes it; HELP lists the
+commands and the sender's open codes; a reply without a code applies only when the sender has
+exactly one open referral (visibility: `ReferralPartners`), otherwise the answer lists them.
+The update's outcome or rejection becomes a reply in the partner's language (`replies:` in
+config/messages/<lang>.yaml): the code and what happened, never anything about the person.
+
+Twice the same MessageSid, once the effect:
+- the answer given to each MessageSid is kept in `<REFERRAL_DATA_DIR>/sms_webhook.sqlite3`
+  (table `sms_replies`, a week) and a redelivery gets it again without touching Temporal;
+- the update's id is `sms-<MessageSid>`, so even without that record (lost, or a redelivery
+  racing the first) Temporal applies the reply once and answers the redelivery with the same
+  outcome.
+
+Twilio waits 15 s for an answer. Temporal calls share a budget of `TEMPORAL_TIMEOUT_SECONDS`;
+when an update is still running at the end of it, the partner is told "received, we will
+confirm", the update goes on in the background (same update id), and its outcome is then kept
+as the MessageSid's answer and sent to the partner as an SMS through the configured backend.
+That provisional answer is not recorded: a redelivery of the MessageSid waits for the same
+update again (Temporal attaches it to the one in flight) instead of repeating "received".
+When Temporal cannot be reached at all the partner is asked to send the message again later;
+nothing was applied, and a later message applies normally.
+
+Opt-outs (table `sms_opt_outs`) are read by the SMS activity through `is_opted_out`: the
+worker and the web app must share REFERRAL_DATA_DIR (Twilio's own error 21610 is the safety
+net where they do not).
+
+Logs carry the MessageSid, the partner id and the outcome kind: never the body or a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import secrets
+import string
+import sys
+import weakref
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Awaitable, TypeVar
+from urllib.parse import parse_qsl
+
+import httpx
+import structlog
+from fastapi import APIRouter, Request, Response
+from starlette.datastructures import FormData
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+
+from activities.directory import ConfigError, Partner, load_directory
+from activities.messages import LANGUAGES, catalogue
+from activities.sms_store import clear_opt_out, is_opted_out, record_opt_out, remember_reply, stored_reply
+from config.settings import Settings
+from starter import referrals
+from starter.sms_commands import SmsCommand, parse_sms
+from workflows.intake import normalise_phone
+from workflows.models import ChannelReport, PartnerReply
+from workflows.referral import ReferralWorkflow
+
+log = structlog.get_logger("sms_webhook")
+router = APIRouter()
+
+INBOUND_PATH = "/sms/inbound"
+STATUS_PATH = "/sms/status"
+# All Temporal calls of one webhook request share this budget, well within Twilio's 15 s.
+TEMPORAL_TIMEOUT_SECONDS = 8.0
+# An update still running after the answer went out is given this long before it is left alone.
+LATE_UPDATE_TIMEOUT_SECONDS = 300.0
+# Twilio's forms are a few hundred bytes; a concatenated 1,600-character SMS stays far below.
+MAX_BODY_BYTES = 64 * 1024
+DEV_TO_NUMBER = "+15005550006"  # `referral reply` without TWILIO_FROM_NUMBER
+FAILED_STATUSES = ("undelivered", "failed")
+MAX_LISTED_CODES = 10
+
+_PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_SID = re.compile(r"^[A-Za-z0-9]{2,64}$")
+# What to write for each action in an example ("reply again with the code, e.g. A 7K3Q9").
+_KEYWORD = {"accept": "A", "decline": "D", "ok": "OK", "done": "DONE", "issue": "ISSUE"}
+_FORBIDDEN = Response(status_code=403, content="forbidden", media_type="text/plain")
+_T = TypeVar("_T")
+
+
+# --- the store: answers given per MessageSid, numbers opted out ------------------------------
+
+
+# --- signatures ----------------------------------------------------------------------------
+
+
+def public_url(settings: Settings, path: str, query: str = "") -> str:
+    """The URL Twilio signs: PUBLIC_BASE_URL + path (+ ?query), whatever Host the request had."""
+    url = settings.public_base_url.rstrip("/") + path
+    return f"{url}?{query}" if query else url
+
+
+async def _signed_form(request: Request, path: str) -> FormData | None:
+    """The request's form if Twilio signed it for our public URL, else None."""
+    settings: Settings = request.app.state.settings
+    token = settings.twilio_auth_token
+    signature = request.headers.get("x-twilio-signature")
+    if not token or not signature:
+        return None
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("application/x-www-form-urlencoded"):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, max_num_fields=200, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    form = FormData(pairs)
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    url = public_url(settings, path, query)
+    if not RequestValidator(token).validate(url, form, signature):
+        return None
+    return form
+
+
+# --- replies -------------------------------------------------------------------------------
+
+
+class _Strict(dict):
+    def __missing__(self, key: str) -> str:
+        raise KeyError(f"replies: unknown placeholder {{{key}}}")
+
+
+def reply_text(settings: Settings, language: str, key: str, **values: object) -> str:
+    if language not in LANGUAGES:
+        language = "fr"
+    cat = catalogue(settings.referral_messages_dir, language)
+    if "code" in values:
+        values.setdefault("ref", f"R-{values['code']}")
+    if "services" in values:
+        labels = cat["labels"]["services"]
+        values["services"] = ", ".join(labels.get(s, s) for s in values["services"])  # type: ignore[union-attr]
+    return string.Formatter().vformat(cat["replies"][key], (), _Strict(values)).strip()
+
+
+def neutral_text(settings: Settings) -> str:
+    """For a number not in the directory: the same words whatever it sent, in all three languages."""
+    return "\n".join(reply_text(settings, lang, "unknown_sender") for lang in ("fr", "ar", "en"))
+
+
+def twiml(text: str) -> Response:
+    response = MessagingResponse()
+    if text:
+        response.message(text)
+    return Response(content=str(response), media_type="application/xml")
+
+
+@dataclass(frozen=True)
+class Answer:
+    kind: str  # for logs: the outcome or rejection kind
+    text: str
+    final: bool = True  # False: not kept for the MessageSid, a redelivery is handled anew
+
+
+# --- the budget of Temporal calls ----------------------------------------------------------
+
+
+class _Budget:
+    def __init__(self, seconds: float) -> None:
+        self.deadline = asyncio.get_running_loop().time() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+    async def run(self, awaitable: Awaitable[_T]) -> _T:
+        return await asyncio.wait_for(awaitable, self.left())
+
+
+class _Unavailable(Exception):
+    """Temporal did not answer in time, or could not be reached."""
+
+
+async def _open_codes(client: Client, partner_id: str, budget: _Budget) -> list[str]:
+    """Codes of the running referrals this partner is offered or serving, newest first."""
+    query = (
+        "WorkflowType = 'ReferralWorkflow' AND ExecutionStatus = 'Running' "
+        f"AND ReferralPartners = '{partner_id}'"
+    )
+    try:
+        rows = await budget.run(referrals.list_referrals(client, query, limit=50))
+    except (asyncio.TimeoutError, RPCError) as err:
+        raise _Unavailable(type(err).__name__) from None
+    codes: list[str] = []
+    for row in rows:
+        if row.code not in codes:
+            codes.append(row.code)
+    return codes
+
+
+def _codes_text(codes: list[str], settings: Settings, language: str) -> str:
+    if not codes:
+        return reply_text(settings, language, "no_codes")
+    shown = [f"R-{c}" for c in codes[:MAX_LISTED_CODES]]
+    return ", ".join(shown) + (" …" if len(codes) > MAX_LISTED_CODES else "")
+
+
+# --- applying a reply ----------------------------------------------------------------------
+
+# Updates that outlived their request, by MessageSid: a redelivery waits for the same one.
+_inflight: dict[str, asyncio.Task[Answer]] = {}
+_background: set[asyncio.Task] = set()
+_sid_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def _rejection_key(kind: str, action: str) -> str:
+    if kind == "not_applicable":
+        return "already_accepted" if action in ("accept", "decline") else "accept_first"
+    if kind == "already_applied":
+        return "nothing_to_confirm" if action == "ok" else "already_applied"
+    if kind == "unknown_action":
+        return "unknown_command"
+    if kind in ("not_offered", "reassigned", "referral_closed"):
+        return kind
+    return "invalid"
+
+
+async def _apply(client: Client, settings: Settings, partner: Partner, command: SmsCommand, code: str, sid: str) -> Answer:
+    """Run the update; any outcome or rejection becomes the partner's answer."""
+    lang = partner.language
+    reply = PartnerReply(partner_id=partner.id, action=command.action, reason=command.text, channel="sms")
+    try:
+        outcome = await asyncio.wait_for(
+            referrals.partner_reply(client, code, reply, update_id=f"sms-{sid}"), LATE_UPDATE_TIMEOUT_SECONDS
+        )
+    except referrals.ReferralRejected as err:
+        key = _rejection_key(err.kind, command.action)
+        return Answer(err.kind, reply_text(settings, lang, key, code=code))
+    except referrals.ReferralNotFound:
+        return Answer("unknown_code", reply_text(settings, lang, "unknown_code", code=code))
+    except (asyncio.TimeoutError, RPCError) as err:
+        # Not known to be applied; a redelivery (same update id) or a new message settles it.
+        log.warning("sms reply outcome unknown", message_sid=sid, partner=partner.id, error=type(err).__name__)
+        return Answer("unavailable", reply_text(settings, lang, "unavailable"), final=False)
+    return Answer(outcome.outcome, reply_text(settings, lang, outcome.outcome, code=code, services=outcome.services))
+
+
+async def _apply_within(client: Client, settings: Settings, partner: Partner, number: str, command: SmsCommand, code: str, sid: str, budget: _Budget) -> Answer:
+    task = _inflight.get(sid)
+    if task is None:
+        task = asyncio.create_task(_apply(client, settings, partner, command, code, sid))
+    try:
+        answer = await asyncio.wait_for(asyncio.shield(task), budget.left())
+    except asyncio.TimeoutError:
+        if sid not in _inflight:
+            _inflight[sid] = task
+            _keep(asyncio.create_task(_finish_late(settings, sid, number, partner.id, task)))
+        return Answer("received", reply_text(settings, partner.language, "received", code=code), final=False)
+    _inflight.pop(sid, None)
+    return answer
+
+
+async def _finish_late(settings: Settings, sid: str, number: str, partner_id: str, task: asyncio.Task[Answer]) -> None:
+    """The update outlived the webhook request: keep its answer and send it as an SMS."""
+    try:
+        answer = await task
+    except Exception as err:  # noqa: BLE001 - a background task must not die unseen
+        log.error("late sms reply failed", message_sid=sid, partner=partner_id, error=type(err).__name__)
+        return
+    finally:
+        _inflight.pop(sid, None)
+    log.info("sms inbound applied late", message_sid=sid, partner=partner_id, outcome=answer.kind)
+    if not answer.final:
+        return
+    await asyncio.to_thread(remember_reply, settings, sid, answer.text)
+    if is_opted_out(settings, number):
+        return
+    from activities.sms import build_sms_backend
+
+    backend = build_sms_backend(settings)
+    try:
+        await backend.send(number, answer.text, f"sms-reply/{sid}")
+    except Exception as err:  # noqa: BLE001 - best effort: the partner can send HELP
+        log.warning("late sms confirmation not sent", message_sid=sid, partner=partner_id, error=type(err).__name__)
+    finally:
+        close = getattr(backend, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _keep(task: asyncio.Task) -> None:
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+# --- inbound -------------------------------------------------------------------------------
+
+
+def _is_bare_yes(body: str) -> bool:
+    return re.sub(r"[\W_]+", "", body).upper() == "YES"
+
+
+async def _opt_out(client: Client, settings: Settings, number: str, partner: Partner | None, sid: str, budget: _Budget) -> Answer:
+    await asyncio.to_thread(record_opt_out, settings, number, partner.id if partner else None)
+    if partner is None:
+        return Answer("opted_out", "")
+    report = ChannelReport(partner_id=partner.id, channel="sms", problem="OptedOut", message_sid=sid)
+    try:
+        codes = await _open_codes(client, partner.id, budget)
+        for code in codes:
+            handle = client.get_workflow_handle_for(ReferralWorkflow.run, referrals.workflow_id(code))
+            try:
+                await budget.run(handle.signal(ReferralWorkflow.report_channel_problem, report))
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:  # closed since it was listed: nothing to tell
+                    raise
+    except (_Unavailable, asyncio.TimeoutError, RPCError) as err:
+        # The opt-out is recorded; a redelivery tells the referrals again (they dedupe by sid).
+        log.warning("opt-out not reported to every referral", message_sid=sid, partner=partner.id, error=type(err).__name__)
+        return Answer("opted_out", "", final=False)
+    return Answer("opted_out", "")
+
+
+async def _inbound(request: Request, form: FormData, sid: str) -> tuple[Answer, str | None]:
+    settings: Settings = request.app.state.settings
+    client: Client = request.app.state.client
+    budget = _Budget(TEMPORAL_TIMEOUT_SECONDS)
+    body = form.get("Body") or ""
+    try:
+        number = normalise_phone(form.get("From") or "")
+    except ValueError:
+        number = None
+    try:
+        directory = load_directory(settings.referral_partners_file)
+    except ConfigError as err:
+        log.error("partner directory unreadable", message_sid=sid, error=str(err))
+        return Answer("unavailable", neutral_text(settings), final=False), None
+    partner = directory.partner_by_sms(number) if number else None
+
+    command = parse_sms(body)
+    action: str = command.action
+    opt_out_type = (form.get("OptOutType") or "").upper()
+    if opt_out_type in ("STOP", "START", "HELP"):
+        action = opt_out_type.lower()
+
+    if action == "stop" and number:
+        return await _opt_out(client, settings, number, partner, sid, budget), partner and partner.id
+    if action == "start" and number:
+        was_opted_out = await asyncio.to_thread(clear_opt_out, settings, number)
+        if partner is not None and not was_opted_out and _is_bare_yes(body):
+            # A bare YES is Twilio's opt-in keyword, but from a partner who never opted out
+            # it answers an offer: an accept without a code.
+            action = "accept"
+            command = SmsCommand("accept")
+        elif partner is not None:
+            return Answer("opted_in", reply_text(settings, partner.language, "opted_in")), partner.id
+    if partner is None:
+        return Answer("unknown_sender", neutral_text(settings)), None
+
+    lang = partner.language
+    try:
+        if action == "help":
+            codes = await _open_codes(client, partner.id, budget)
+            return Answer("help", reply_text(settings, lang, "help", codes=_codes_text(codes, settings, lang))), partner.id
+        if action not in _KEYWORD:
+            return Answer("unknown_command", reply_text(settings, lang, "unknown_command")), partner.id
+        code = command.code
+        if code is None:
+            codes = await _open_codes(client, partner.id, budget)
+            if not codes:
+                return Answer("nothing_pending", reply_text(settings, lang, "nothing_pending")), partner.id
+            if len(codes) > 1:
+                text = reply_text(
+                    settings, lang, "choose",
+                    codes=_codes_text(codes, settings, lang),
+                    example=f"{_KEYWORD[action]} {codes[0]}",
+                )
+                return Answer("ambiguous", text), partner.id
+            code = codes[0]
+        command = SmsCommand(action, code, command.text)  # type: ignore[arg-type]
+        return await _apply_within(client, settings, partner, number or "", command, code, sid, budget), partner.id
+    except _Unavailable as err:
+        log.warning("temporal unavailable", message_sid=sid, partner=partner.id, error=str(err))
+        return Answer("unavailable", reply_text(settings, lang, "unavailable"), final=False), partner.id
+
+
+@router.post(INBOUND_PATH, include_in_schema=False)
+async def sms_inbound(request: Request) -> Response:
+    form = await _signed_form(request, INBOUND_PATH)
+    if form is None:
+        log.warning("sms inbound refused: bad signature")
+        return _FORBIDDEN
+    settings: Settings = request.app.state.settings
+    sid = form.get("MessageSid") or form.get("SmsSid") or ""
+    if not _SID.match(sid):
+        return Response(status_code=400, content="MessageSid missing", media_type="text/plain")
+
+    stored = await asyncio.to_thread(stored_reply, settings, sid)
+    if stored is not None:
+        log.info("sms inbound replayed", message_sid=sid)
+        return twiml(stored)
+    lock = _sid_locks.get(sid)
+    if lock is None:
+        lock = _sid_locks[sid] = asyncio.Lock()
+    async with lock:
+        # A redelivery that raced the first delivery gets the answer the first one kept.
+        stored = await asyncio.to_thread(stored_reply, settings, sid)
+        if stored is not None:
+            log.info("sms inbound replayed", message_sid=sid)
+            return twiml(stored)
+        answer, partner_id = await _inbound(request, form, sid)
+        text = answer.text
+        if answer.final:
+            text = await asyncio.to_thread(remember_reply, settings, sid, text)
+    log.info("sms inbound", message_sid=sid, partner=partner_id, outcome=answer.kind)
+    return twiml(text)
+
+
+# --- delivery status callbacks -------------------------------------------------------------
+
+
+@router.post(STATUS_PATH, include_in_schema=False)
+async def sms_status(request: Request) -> Response:
+    form = await _signed_form(request, STATUS_PATH)
+    if form is None:
+        log.warning("sms status refused: bad signature")
+        return _FORBIDDEN
+    done = Response(status_code=204)
+    message_status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
+    sid = form.get("MessageSid") or form.get("SmsSid") or ""
+    if message_status not in FAILED_STATUSES:
+        return done
+    raw_code = request.query_params.get("code") or ""
+    partner_id = request.query_params.get("partner") or ""
+    if not _SID.match(sid) or not _PARTNER_ID.match(partner_id):
+        log.info("sms status without referral", message_sid=sid[:64], status=message_status)
+        return done
+    try:
+        code = referrals.normalise_code(raw_code)
+    except ValueError:
+        log.info("sms status without referral", message_sid=sid, status=message_status)
+        return done
+    client: Client = request.app.state.client
+    report = ChannelReport(partner_id=partner_id, channel="sms", problem=message_status, message_sid=sid)
+    try:
+        await asyncio.wait_for(
+            client.get_workflow_handle_for(ReferralWorkflow.run, referrals.workflow_id(code)).signal(
+                ReferralWorkflow.report_channel_problem, report
+            ),
+            TEMPORAL_TIMEOUT_SECONDS,
+        )
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            log.info("sms status for no open referral", message_sid=sid, partner=partner_id, status=message_status)
+            return done
+        log.warning("sms status not recorded", message_sid=sid, partner=partner_id, error=type(err).__name__)
+        return Response(status_code=503)
+    except asyncio.TimeoutError:
+        log.warning("sms status not recorded", message_sid=sid, partner=partner_id, error="timeout")
+        return Response(status_code=503)
+    log.info("sms status recorded", message_sid=sid, partner=partner_id, code=code, status=message_status)
+    return done
+
+
+# --- `referral reply`: play the partner ----------------------------------------------------
+
+
+def _messages_of(xml: str) -> list[str]:
+    root = ET.fromstring(xml)
+    return [(m.text or "").strip() for m in root.iter("Message")]
+
+
+async def reply_command(settings: Settings, args: argparse.Namespace) -> int:
+    """POST a Twilio-signed SMS webhook to the running web app and print its answer."""
+    token = settings.twilio_auth_token
+    if not token:
+        print(
+            "referral: TWILIO_AUTH_TOKEN is not set; the web app refuses unsigned webhooks. Use the web "
+            "app's token (with `make run`, the \"Twilio token\" it prints, e.g. TWILIO_AUTH_TOKEN=dev-local-token).",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        sender = normalise_phone(args.sender)
+    except ValueError:
+        print("referral: --from: not a valid phone number (E.164, e.g. +212650123441)", file=sys.stderr)
+        return 2
+    url = public_url(settings, INBOUND_PATH)
+    sid = "SM" + secrets.token_hex(16)
+    params = {
+        "AccountSid": settings.twilio_account_sid or "AC" + "0" * 32,
+        "ApiVersion": "2010-04-01",
+        "Body": args.body,
+        "From": sender,
+        "MessageSid": sid,
+        "NumMedia": "0",
+        "NumSegments": "1",
+        "SmsMessageSid": sid,
+        "SmsSid": sid,
+        "SmsStatus": "received",
+        "To": settings.twilio_from_number or DEV_TO_NUMBER,
+    }
+    headers = {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, params)}
+    try:
+        async with httpx.AsyncClient(timeout=20.0) as http:
+            response = await http.post(url, data=params, headers=headers)
+    except httpx.HTTPError:
+        print(f"referral: cannot reach the web app at {url} (is `make run` running?)", file=sys.stderr)
+        return 1
+    if response.status_code == 403:
+        print("referral: the web app refused the signature (403): TWILIO_AUTH_TOKEN and PUBLIC_BASE_URL must be the web app's", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"referral: the web app answered HTTP {response.status_code}", file=sys.stderr)
+        return 1
+    try:
+        texts = _messages_of(response.text)
+    except ET.ParseError:
+        print("referral: the web app's answer is not TwiML", file=sys.stderr)
+        return 1
+    print("\n".join(texts) if texts else "(no reply)")
+    if getattr(args, "xml", False):
+        print(response.text)
+    return 0

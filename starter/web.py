@@ -1,0 +1,74 @@
+"""The web app: SMS webhooks, the JSON API, the coordinators' web form, the partner page.
+
+`uvicorn starter.web:app` (or `referral web`). Each part owns a router in its own module;
+this file only assembles them and holds what they share: settings and the Temporal client.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from temporalio.client import Client
+
+from config.logs import configure_logging
+from config.settings import Settings, get_settings
+from config.temporal import connect
+
+
+def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
+    """`client` is given by tests; otherwise the app connects to Temporal at start-up."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.client is None:
+            configure_logging(settings)
+            app.state.client = await connect(settings)
+        yield
+
+    app = FastAPI(title="Referral orchestrator", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.client = client
+
+    for module in _ROUTERS:
+        app.include_router(module.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def client_of(request: Request) -> Client:
+    return request.app.state.client
+
+
+def _routers() -> list:
+    """Routers present in this tree; each module exposes `router`."""
+    import importlib
+
+    modules = []
+    for name in ("starter.sms_webhook", "starter.api", "starter.forms", "starter.partner_page"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+    return modules
+
+
+_ROUTERS = _routers()
+
+
+def __getattr__(name: str):
+    # `uvicorn starter.web:app` builds the app on first access, not at import.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)
