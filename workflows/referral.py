@@ -216,6 +216,8 @@ class ReferralWorkflow:
             attempt.outcome = "timed_out"
             attempt.reason = "unreachable"
             return self._after_attempt(run)
+        if self._closing:
+            return self._after_attempt(run)  # the closing referral has withdrawn this offer
         run.status.stage = "awaiting_acceptance"
         self._publish()
 
