@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean chromium
+.PHONY: run test test-faults install clean chromium record-histories bench
 
 install: $(STAMP)
 
@@ -21,8 +21,24 @@ run: $(STAMP)
 chromium:
 	test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
+# Everything but the slow fault tests (marker faults_full); the quick fault tests are included.
 test: $(STAMP) chromium
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not faults_full" $(PYTEST_ARGS)
+
+# The whole fault-injection suite (tests/faults/): worker SIGKILLs, the dev server restarted,
+# SMTP and Twilio outages, a bad number, the web app restarted mid-webhook. Figures are printed.
+test-faults: $(STAMP)
+	$(PY) -m pytest -m faults -s $(PYTEST_ARGS) tests/faults
+
+# Re-record tests/replay/histories/*.json (one history per lifecycle path, time-skipping server);
+# commit them with the workflow change they go with. See the README, "Changing the workflow".
+record-histories: $(STAMP)
+	$(PY) -m tests.replay.record $(HISTORIES)
+
+# Benchmarks against bare Temporal on a loopback dev server: one table (bench/RESULTS.md).
+# BENCH_ARGS="--with-suite" also times the test suite; --quick is a smoke run; see --help.
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -6,14 +6,16 @@ import asyncio
 import signal
 
 import structlog
+from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.observability import LogContextInterceptor
 from activities.referral_activities import ReferralActivities
 from config.logs import configure_logging
 from config.settings import Settings, get_settings
-from config.temporal import connect
+from config.temporal import EncryptionNotConfigured, MetricsUnavailable, connect, metrics_runtime
 from workflows.referral import ReferralWorkflow
 
 log = structlog.get_logger("worker")
@@ -26,33 +28,60 @@ def build_worker(client: Client, settings: Settings, task_queue: str | None = No
         task_queue=task_queue or settings.referral_task_queue,
         workflows=[ReferralWorkflow],
         activities=acts.all(),
-        # phonenumbers loads its per-country data lazily (with a threading.Lock); re-importing it
-        # inside the sandbox when a workflow input is decoded deadlocks a fresh worker process.
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules("phonenumbers")
-        ),
+        interceptors=[LogContextInterceptor()],
+        workflow_runner=workflow_runner(),
+    )
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox every worker runs ReferralWorkflow in; the replay tests use the same one."""
+    # phonenumbers loads its per-country data lazily (with a threading.Lock); re-importing it
+    # inside the sandbox when a workflow input is decoded deadlocks a fresh worker process.
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules("phonenumbers")
     )
 
 
 async def run_worker(settings: Settings) -> None:
-    client = await connect(settings)
+    # The worker's client lives on a runtime that serves Prometheus metrics (METRICS_PORT).
+    client = await connect(settings, runtime=metrics_runtime(settings))
     activities = ReferralActivities(settings)
     worker = build_worker(client, settings, activities=activities)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker started", task_queue=settings.referral_task_queue, address=settings.temporal_address)
+    log.info(
+        "worker started",
+        task_queue=settings.referral_task_queue,
+        address=settings.temporal_address,
+        encryption=_encryption_note(client),
+        metrics=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port else "off",
+    )
     async with worker:
         await stop.wait()
     await activities.aclose()
     log.info("worker stopped")
 
 
+def _encryption_note(client: Client) -> str:
+    codec = client.data_converter.payload_codec
+    key_id = getattr(codec, "encrypt_key_id", None)
+    return f"on, encrypting with key id {key_id}" if key_id else "OFF (REFERRAL_ALLOW_PLAINTEXT=true)"
+
+
 def main() -> None:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors())
+        raise SystemExit(f"worker: settings invalid: {problems}") from None
     configure_logging(settings)
-    asyncio.run(run_worker(settings))
+    try:
+        asyncio.run(run_worker(settings))
+    except (EncryptionNotConfigured, MetricsUnavailable) as err:
+        log.error("worker refused to start", reason=str(err))
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -108,13 +108,26 @@ class Directory(BaseModel):
         return [Candidate(partner_id=p.id, name=p.name) for p in sorted(eligible, key=key)]
 
 
-def _read_yaml(path: Path) -> object:
+def _read_text(path: Path) -> str:
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+
+
+def _parse_yaml(text: str) -> object:
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+        raise ConfigError(f"not valid YAML ({err.__class__.__name__})") from None
+
+
+def _read_yaml(path: Path) -> object:
+    text = _read_text(path)
+    try:
+        return _parse_yaml(text)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def _config_error(path: Path, err: ValidationError, prefix: tuple[str, ...] = ()) -> ConfigError:
@@ -125,11 +138,28 @@ def _config_error(path: Path, err: ValidationError, prefix: tuple[str, ...] = ()
     return ConfigError(f"{path}: " + "; ".join(parts))
 
 
+# The last directory parsed from each path, with the text it was parsed from. Every call still
+# reads the file, so an edit applies to the very next call; only an unchanged text skips the
+# YAML parse and validation, which cost milliseconds of CPU per call on the worker's and the web
+# app's event loop (every SMS, email and inbound SMS looks the directory up).
+_directories: dict[Path, tuple[str, Directory]] = {}
+
+
 def load_directory(path: Path) -> Directory:
+    """The directory in `path` as it is now. The same object is returned while the file's text
+    is unchanged: callers must not modify it."""
+    text = _read_text(path)
+    cached = _directories.get(Path(path))
+    if cached is not None and cached[0] == text:
+        return cached[1]
     try:
-        return Directory.model_validate(_read_yaml(path))
+        directory = Directory.model_validate(_parse_yaml(text))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except ValidationError as err:
         raise _config_error(path, err) from None
+    _directories[Path(path)] = (text, directory)
+    return directory
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")

@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from activities.directory import ConfigError, Contact, Directory, load_directory, load_policy
 from activities.email import EmailRefused, build_email, send_email
 from activities.messages import RenderedMessage, render
+from activities.observability import count_sms_failure
 from activities.partner_links import LINK_TEMPLATES, partner_link
 from activities.sms import SmsBackend, SmsRefused, build_sms_backend
 from activities.sms_store import is_opted_out
@@ -91,11 +92,13 @@ class ReferralActivities:
                 continue
             if not contact.sms:
                 if i == 0:
+                    count_sms_failure("NoSmsNumber")
                     raise ApplicationError("recipient has no SMS number", type="NoSmsNumber", non_retryable=True)
                 continue
             if is_opted_out(self.settings, contact.sms):
                 # The number answered STOP (recorded by the SMS webhook): email only.
                 if i == 0:
+                    count_sms_failure("OptedOut")
                     raise ApplicationError("recipient opted out of SMS (STOP)", type="OptedOut", non_retryable=True)
                 continue
             try:
@@ -106,9 +109,14 @@ class ReferralActivities:
                     callback_params={"code": notice.context.code, "partner": contact.id},
                 )
             except SmsRefused as err:
+                count_sms_failure(err.kind)
                 if i == 0:
                     raise ApplicationError(f"SMS refused: {err.kind}", type=err.kind, non_retryable=True) from None
                 continue
+            except Exception as err:
+                # Retried by Temporal (TwilioUnavailable, TwilioOutcomeUnknown, a timeout, ...)
+                count_sms_failure(type(err).__name__)
+                raise
             sent += 1
         log.info("sms sent", code=notice.context.code, template=notice.template, recipient=notice.recipient_id, messages=sent)
         return Delivery(channel="sms", status="sent" if sent else "skipped")

@@ -336,7 +336,8 @@ class TwilioSms:
     async def _send(self, to: str, body: str, key: str, callback_params: dict[str, str] | None = None) -> str:
         self._open()
         digest = body_digest(body)
-        record = self.attempts.get(key)
+        # The record store writes with fsync: off the event loop, which polls and completes every task.
+        record = await asyncio.to_thread(self.attempts.get, key)
         if record and record.get("sid"):
             log.info("twilio message already sent", sid=record["sid"])
             return record["sid"]
@@ -348,12 +349,12 @@ class TwilioSms:
             wanted = set(bodies)
             sid = await self._find(to, lambda b: body_digest(b) in wanted, since)
             if sid:
-                self.attempts.put(key, {"since": since_text, "bodies": bodies, "sid": sid})
+                await asyncio.to_thread(self.attempts.put, key, {"since": since_text, "bodies": bodies, "sid": sid})
                 log.info("twilio message found from an earlier attempt", sid=sid)
                 return sid
 
         # Written before the request leaves: a crash from here on also leaves the outcome unknown.
-        self.attempts.put(key, {"since": since_text or _now().isoformat(), "bodies": bodies, "sid": None})
+        await asyncio.to_thread(self.attempts.put, key, {"since": since_text or _now().isoformat(), "bodies": bodies, "sid": None})
 
         def processed_nothing() -> None:
             # This attempt created nothing; forget it unless an earlier one is still unknown.
@@ -393,7 +394,7 @@ class TwilioSms:
             log.warning("twilio send outcome unknown", error=type(err).__name__)
             raise TwilioOutcomeUnknown(f"Twilio send failed after the request left ({type(err).__name__})") from None
 
-        self.attempts.put(key, {"since": since_text, "bodies": bodies, "sid": message.sid})
+        await asyncio.to_thread(self.attempts.put, key, {"since": since_text, "bodies": bodies, "sid": message.sid})
         log.info("twilio message created", sid=message.sid, status=message.status)
         return message.sid
 

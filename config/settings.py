@@ -10,20 +10,32 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # hide_input_in_errors: a bad setting's error never echoes its value (keys, tokens, secrets)
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True)
 
     # Temporal
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
     referral_task_queue: str = "referrals"
     dev_ui_port: int = 8233  # make run: the dev server's Web UI (its gRPC port is TEMPORAL_ADDRESS's)
+
+    # Payload encryption (config/codec.py): comma-separated `kid:base64-of-32-bytes`; the first
+    # encrypts, all decrypt. `python -m config.codec new-key` prints an entry. Unset: the worker,
+    # the web app and the CLI refuse to start unless REFERRAL_ALLOW_PLAINTEXT=true.
+    referral_encryption_keys: SecretStr | None = None
+    referral_allow_plaintext: bool = False
+    # The Temporal UI's origin(s), comma-separated: allowed by CORS on the codec server (/codec)
+    temporal_ui_origin: str = "http://localhost:8233"
+    # The worker's Prometheus endpoint (http://<host>:<port>/metrics); 0 disables it
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
 
     # Configuration files, read by activities so edits never break a running referral
     referral_policy_file: Path = CONFIG_DIR / "policy.yaml"
@@ -75,6 +87,21 @@ class Settings(BaseSettings):
     # Logs
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
+
+    @field_validator("referral_encryption_keys")
+    @classmethod
+    def _check_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        # An after-validator: a failure shows the value as SecretStr('**********'), never the key.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from config.codec import parse_keys
+
+        parse_keys(value.get_secret_value())  # raises a ValueError naming the setting
+        return value
+
+    @property
+    def ui_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.temporal_ui_origin.split(",") if o.strip()]
 
     @property
     def outbox_dir(self) -> Path:

@@ -21,7 +21,6 @@ replaced for these routes by `_ApiRoute`, which turns it into the field list abo
 from __future__ import annotations
 
 import hmac
-from datetime import datetime
 from typing import Annotated, Any, Callable, Coroutine, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -30,6 +29,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
 from temporalio.service import RPCError
 
 from config.settings import Settings
@@ -84,20 +84,8 @@ class StartedReferral(BaseModel):
     created: bool = Field(description="false when this external_ref had already started the referral")
 
 
-class ListedReferral(BaseModel):
-    code: str
-    workflow_id: str
-    stage: str | None
-    urgency: str | None
-    region: str | None
-    escalation_level: int | None
-    awaiting_partners: list[str]
-    reply_due_by: datetime | None
-    running: bool
-
-
 class ReferralList(BaseModel):
-    referrals: list[ListedReferral]
+    referrals: list[referrals.ListedReferral]
 
 
 class _Body(BaseModel):
@@ -228,6 +216,11 @@ class _ApiRoute(APIRoute):
                 return JSONResponse({"errors": err.errors}, status_code=err.status, headers=err.headers)
             except RequestValidationError as err:
                 return JSONResponse({"errors": request_errors(list(err.errors()))}, status_code=422)
+            except HTTPException as err:
+                if err.status_code != 400:
+                    raise
+                # FastAPI's own "error parsing the body" (bad UTF-8, JSON nested too deep)
+                return _error(400, "(body)", "the body is not valid JSON")
             except ValidationError as err:
                 return JSONResponse({"errors": field_errors(err)}, status_code=422)
             except referrals.ReferralNotFound as err:
@@ -332,7 +325,7 @@ async def list_(
     overdue: Annotated[bool, Query(description="open referrals past a deadline or escalated")] = False,
 ) -> ReferralList:
     rows = await referrals.list_referrals(web.client_of(request), referrals.list_query(stage, region, overdue))
-    return ReferralList(referrals=[ListedReferral(**row.__dict__) for row in rows])
+    return ReferralList(referrals=[row for row in rows])
 
 
 async def _act(request: Request, code: str, action: CoordinatorAction, key: str | None) -> ActionOutcome:

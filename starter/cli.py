@@ -26,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from config.settings import get_settings
-from config.temporal import connect
+from config.temporal import EncryptionNotConfigured, connect
 from starter import referrals
 from workflows.intake import REGIONS, SERVICES, Intake, describe_errors
 from workflows.models import PARTNER_ACTIONS, STAGE_ORDER, CoordinatorAction, PartnerReply
@@ -87,6 +87,8 @@ async def _run(args: argparse.Namespace) -> int:
     code = _code(args.code) if hasattr(args, "code") else None
     try:
         client = await connect(settings)
+    except EncryptionNotConfigured as err:
+        fail(str(err))
     except Exception:
         fail(f"cannot reach Temporal at {settings.temporal_address}", 1)
 
@@ -130,7 +132,7 @@ async def _run(args: argparse.Namespace) -> int:
         query = referrals.list_query(args.stage, args.region, args.overdue)
         rows = await referrals.list_referrals(client, query)
         if args.json:
-            _print_json([r.__dict__ for r in rows])
+            _print_json([r.model_dump(mode="json") for r in rows])
             return 0
         print(f"{'CODE':<8}{'STAGE':<21}{'URGENCY':<11}{'REGION':<27}{'LEVEL':<7}AWAITING")
         for r in rows:

@@ -14,11 +14,15 @@ import hmac
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from pydantic import BaseModel
+
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from starter import sms_commands
+from starter.sms_commands import CODE_ALPHABET, CODE_LENGTH
 from workflows import search_attributes as sa
 from workflows.intake import Intake, assess
 from workflows.models import (
@@ -31,8 +35,6 @@ from workflows.models import (
 )
 from workflows.referral import ReferralWorkflow
 
-CODE_ALPHABET = "34679ACDEFGHJKMNPQRTUVWXY"
-CODE_LENGTH = 5
 _MAX_CODE_TRIES = 16
 
 
@@ -55,13 +57,14 @@ def workflow_id(code: str) -> str:
 
 
 def normalise_code(text: str) -> str:
-    """`r-7k3q9`, `R7K3Q9` or `7K3Q9` -> `7K3Q9`; raises ValueError naming the problem."""
-    value = text.strip().upper().removeprefix("REFERRAL-").removeprefix("R-")
-    if len(value) == CODE_LENGTH + 1 and value.startswith("R"):
-        value = value[1:]
-    if len(value) != CODE_LENGTH or any(c not in CODE_ALPHABET for c in value):
+    """`r-7k3q9`, `R7K3Q9`, `referral-7K3Q9` or `7K3Q9` -> `7K3Q9`; raises ValueError naming the problem."""
+    value = text.strip()
+    if value.lower().startswith("referral-"):
+        value = value[len("referral-"):]
+    code = sms_commands.normalise_code(value)
+    if code is None:
         raise ValueError(f"code: not a referral code (expected {CODE_LENGTH} characters such as 7K3Q9)")
-    return value
+    return code
 
 
 def _digest(external_ref: str) -> str:
@@ -166,8 +169,9 @@ async def coordinator_action(client: Client, code: str, action: CoordinatorActio
     return await _update(client, code, ReferralWorkflow.coordinator_action, action, update_id)
 
 
-@dataclass(frozen=True)
-class ListedReferral:
+class ListedReferral(BaseModel):
+    """One row of `referral list` / `GET /api/referrals`, from search attributes only."""
+
     code: str
     workflow_id: str
     stage: str | None

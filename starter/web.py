@@ -9,12 +9,13 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+import structlog
 from fastapi import FastAPI, Request
 from temporalio.client import Client
 
 from config.logs import configure_logging
 from config.settings import Settings, get_settings
-from config.temporal import connect
+from config.temporal import EncryptionNotConfigured, connect
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
@@ -25,7 +26,12 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.client is None:
             configure_logging(settings)
-            app.state.client = await connect(settings)
+            try:
+                app.state.client = await connect(settings)
+            except EncryptionNotConfigured as err:
+                # Refuse to start: the web app would send intakes to Temporal in plaintext.
+                structlog.get_logger("web").error("web app refused to start", reason=str(err))
+                raise
         yield
 
     app = FastAPI(title="Referral orchestrator", lifespan=lifespan)
@@ -55,7 +61,7 @@ def _routers() -> list:
     import importlib
 
     modules = []
-    for name in ("starter.sms_webhook", "starter.api", "starter.forms", "starter.partner_page"):
+    for name in ("starter.sms_webhook", "starter.api", "starter.forms", "starter.partner_page", "starter.codec_server"):
         try:
             modules.append(importlib.import_module(name))
         except ModuleNotFoundError as err:

@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import email.policy
+import os
 import socket
 import sys
 import uuid
@@ -37,6 +39,16 @@ from workflows import search_attributes as sa
 BIN = Path(sys.executable).parent
 TESTS = Path(__file__).resolve().parent
 
+# Every client and worker in the tests encrypts, as in production: a fixed test key (never a
+# real one), also in the environment so subprocesses (CLI, worker, web app) get it.
+TEST_KEYS = "test-1:" + base64.b64encode(b"referral-orchestrator-test-key!!").decode()
+os.environ["REFERRAL_ENCRYPTION_KEYS"] = TEST_KEYS
+os.environ.pop("REFERRAL_ALLOW_PLAINTEXT", None)
+
+
+def encrypted_converter():
+    return data_converter(Settings(_env_file=None, referral_encryption_keys=TEST_KEYS))  # type: ignore[call-arg]
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,7 +67,7 @@ _INDEXED = {
 async def time_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server"),
-        data_converter=data_converter(),
+        data_converter=encrypted_converter(),
     )
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
@@ -72,7 +84,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
         search_attributes=sa.ALL,
-        data_converter=data_converter(),
+        data_converter=encrypted_converter(),
         dev_server_log_level="error",
     )
     yield env
@@ -129,6 +141,8 @@ def make_settings(tmp_path: Path, smtp: SmtpSink) -> Callable[..., Settings]:
             referral_policy_file=CONFIG_DIR / "policy.yaml",
             referral_partners_file=CONFIG_DIR / "partners.yaml",
             sms_backend="outbox",
+            referral_encryption_keys=TEST_KEYS,
+            metrics_port=0,
         )
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[arg-type]

@@ -162,7 +162,7 @@ def mail_text(msg: email.message.EmailMessage) -> str:
 
 def test_make_run_starts_everything_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    temporal_port, ui_port, smtp_port, web_port = free_ports(4)
+    temporal_port, ui_port, smtp_port, web_port, metrics_port = free_ports(5)
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     env.update(
         REFERRAL_DATA_DIR=str(data_dir),
@@ -170,9 +170,10 @@ def test_make_run_starts_everything_stops_cleanly_and_resumes(tmp_path: Path) ->
         DEV_UI_PORT=str(ui_port),
         SMTP_PORT=str(smtp_port),
         WEB_PORT=str(web_port),
+        METRICS_PORT=str(metrics_port),
         PYTHONUNBUFFERED="1",
     )
-    ports = (temporal_port, ui_port, smtp_port, web_port)
+    ports = (temporal_port, ui_port, smtp_port, web_port, metrics_port)
 
     stack = Stack(env)
     try:
@@ -181,6 +182,16 @@ def test_make_run_starts_everything_stops_cleanly_and_resumes(tmp_path: Path) ->
         assert f"http://localhost:{ui_port}" in printout
         assert f"http://localhost:{web_port}/docs" in printout
         assert "dev-api-token" in printout and "dev-local-token" in printout
+        # No key given: make run made a development key, said so, and keeps it with the dev secrets.
+        assert "created a local development key" in stack.output(200)
+        assert "payloads encrypted with key id dev-" in printout
+        assert f"http://localhost:{web_port}/codec" in printout
+        dev_secrets = (data_dir / "dev-secrets.env").read_text()
+        key_line = next(line for line in dev_secrets.splitlines() if line.startswith("REFERRAL_ENCRYPTION_KEYS="))
+        env["REFERRAL_ENCRYPTION_KEYS"] = key_line.split("=", 1)[1].strip("'\"")  # what sourcing the env file gives
+        ui_settings = httpx.get(f"http://127.0.0.1:{ui_port}/api/v1/settings", timeout=5).json()
+        assert ui_settings["Codec"]["Endpoint"] == f"http://localhost:{web_port}/codec"
+        assert httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).status_code == 200
 
         started = referral(env, "start", "--file", str(EXAMPLE), "--json")
         assert started.returncode == 0, started.stderr

@@ -72,6 +72,44 @@ PARTNER_TEMPLATES_BY_SMS = {"offer", "reminder", "offer_withdrawn", "assigned", 
 COORDINATOR_TEMPLATES_BY_SMS = {"escalation", "ladder_exhausted", "escalated_alert", "issue_reported"}
 
 
+def _at(when: datetime) -> str:
+    """A deadline as timer summaries and the details table show it."""
+    return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _last_event(s: ServiceStatus) -> str:
+    """The service's latest event, for the details table: what happened, to whom, when."""
+    events: list[tuple[datetime, str]] = []
+    for a in s.attempts:
+        events.append((a.offered_at, f"offered to {a.partner_id}"))
+        if a.reminded:
+            events.append((a.remind_at, f"{a.partner_id} reminded"))
+        if a.outcome is not None:
+            at = a.replied_at or (a.deadline if a.outcome == "timed_out" else a.offered_at)
+            events.append((at, f"{a.partner_id} {a.outcome.replace('_', ' ')}"))
+    for f in s.follow_ups:
+        if f.sent_at is not None:
+            events.append((f.sent_at, f"check-in {f.number} sent"))
+        if f.answer is not None:
+            events.append((f.answered_at or f.answer_by or f.due_at, f"check-in {f.number}: {f.answer}"))
+    if s.assigned_by_coordinator and s.accepted_at is not None and s.partner_id:
+        events.append((s.accepted_at, f"assigned to {s.partner_id}"))
+    if s.completed_at is not None:
+        events.append((s.completed_at, "completed"))
+    if not events:
+        return "-"
+    # The latest; of events at the same time, the one recorded last.
+    _, (at, what) = max(enumerate(events), key=lambda e: (e[1][0], e[0]))
+    return f"{what} ({at:%H:%M} UTC)"
+
+
+def _delivery_summary(notice: Notice, channel: str) -> str:
+    """`SMS offer to partner casa-shelter (shelter)`: what the UI shows for a send activity."""
+    what = "SMS" if channel == "sms" else "email"
+    about = notice.context.service or ", ".join(notice.context.services)
+    return f"{what} {notice.template.replace('_', ' ')} to {notice.recipient} {notice.recipient_id} ({about})"
+
+
 def _reject(kind: str, message: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
@@ -124,12 +162,14 @@ class ReferralWorkflow:
     @workflow.run
     async def run(self, input: ReferralInput) -> ReferralSummary:
         self._publish()
+        self._log("referral started", urgency=self._assessment.urgency, region=input.intake.region, services=list(self._services))
+        self._count("referrals_started", "referrals started", urgency=self._assessment.urgency, region=input.intake.region)
         self._policy = await workflow.execute_activity_method(
             ReferralActivities.load_policy,
             self._assessment.urgency,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=CONFIG_RETRY,
-            summary=f"policy for {self._assessment.urgency}",
+            summary=f"load the escalation policy for {self._assessment.urgency}",
         )
         ladders = await asyncio.gather(
             *(
@@ -143,7 +183,7 @@ class ReferralWorkflow:
                     ),
                     start_to_close_timeout=timedelta(seconds=30),
                     retry_policy=CONFIG_RETRY,
-                    summary=f"match partners for {service}",
+                    summary=f"rank partners for {service} in {input.intake.region}",
                 )
                 for service in self._services
             )
@@ -159,6 +199,7 @@ class ReferralWorkflow:
         for run in self._services.values():
             run.status.stage = "closed"
         self._publish()
+        self._log("referral closed", reason=self._closed_reason)
         self._notify(
             "coordinator",
             self._input.intake.region,
@@ -203,13 +244,16 @@ class ReferralWorkflow:
         run.status.partner_id = candidate.partner_id
         run.status.stage = "notification"
         self._publish()
+        self._log("offer", service=run.status.service, partner=candidate.partner_id, offer=len(run.status.attempts))
+        self._count("offers_sent", "offers made to a partner", service=run.status.service)
+        who = f"{candidate.partner_id} ({run.status.service})"
 
         settled = lambda: attempt.outcome is not None or self._interrupted(run)  # noqa: E731
         reached = self._notify_partner(run, candidate.partner_id, "offer", deadline=attempt.deadline)
         await self._wait_until(
             lambda: settled() or reached.done(),
             attempt.deadline,
-            f"offer to {candidate.partner_id}: wait for SMS or email to go out",
+            f"offer to {who}: wait for the SMS or email to go out, until {_at(attempt.deadline)} at most",
         )
         if reached.done() and not reached.cancelled() and not reached.result() and attempt.outcome is None:
             # Neither SMS nor email can reach this partner: move on at once.
@@ -222,15 +266,16 @@ class ReferralWorkflow:
         self._publish()
 
         if not await self._wait_until(
-            settled, attempt.remind_at, f"remind {candidate.partner_id} if no reply by then"
+            settled, attempt.remind_at, f"remind {who} if no reply by {_at(attempt.remind_at)}"
         ):
             attempt.reminded = True
             self._notify_partner(run, candidate.partner_id, "reminder", deadline=attempt.deadline)
         if not await self._wait_until(
-            settled, attempt.deadline, f"escalate if {candidate.partner_id} has not replied by then"
+            settled, attempt.deadline, f"escalate if {who} has not replied by {_at(attempt.deadline)}"
         ):
             attempt.outcome = "timed_out"
             run.status.escalation_level += 1
+            self._escalation(run, "no reply", partner=candidate.partner_id)
             self._notify_coordinator(run, "escalation", partner_id=candidate.partner_id)
         elif attempt.outcome is None:
             # Interrupted: assigned to someone else by hand, or the service closed.
@@ -253,12 +298,13 @@ class ReferralWorkflow:
         policy = self._require_policy()
         run.status.stage = "escalated"
         run.status.escalation_level += 1
+        self._escalation(run, "no candidate left")
         self._publish()
         self._notify_coordinator(run, "ladder_exhausted")
         while not self._interrupted(run):
             next_alert = workflow.now() + policy.escalated_alert_every
             if not await self._wait_until(
-                lambda: self._interrupted(run), next_alert, f"{run.status.service}: alert the coordinator again"
+                lambda: self._interrupted(run), next_alert, f"{run.status.service}: alert the coordinator again at {_at(next_alert)}"
             ):
                 run.status.escalated_alerts += 1
                 self._notify_coordinator(run, "escalated_alert", alert_count=run.status.escalated_alerts)
@@ -286,7 +332,7 @@ class ReferralWorkflow:
         for number, offset in enumerate(policy.follow_ups, start=1):
             checkin = FollowUp(number=number, partner_id=partner_id, due_at=accepted_at + offset)
             run.status.follow_ups.append(checkin)
-            if await self._wait_until(stop, checkin.due_at, f"check-in {number} with {partner_id}"):
+            if await self._wait_until(stop, checkin.due_at, f"check-in {number} with {partner_id} ({run.status.service}) at {_at(checkin.due_at)}"):
                 return
             checkin.sent_at = workflow.now()
             checkin.answer_by = checkin.sent_at + policy.checkin_answer_within
@@ -294,10 +340,11 @@ class ReferralWorkflow:
             self._publish()
             answered = lambda: checkin.answer is not None or stop()  # noqa: E731
             if not await self._wait_until(
-                answered, checkin.answer_by, f"escalate if check-in {number} is not answered"
+                answered, checkin.answer_by, f"escalate if {partner_id} has not answered check-in {number} by {_at(checkin.answer_by)}"
             ):
                 checkin.answer = "silence"
                 run.status.escalation_level += 1
+                self._escalation(run, "check-in not answered", partner=partner_id)
                 self._notify_coordinator(run, "checkin_silence", partner_id=partner_id, checkin_number=number)
             self._publish()
             if stop():
@@ -319,6 +366,12 @@ class ReferralWorkflow:
                 attempt.outcome = "accepted" if action == "accept" else "declined"
                 attempt.replied_at = now
                 attempt.reason = reply.reason if action == "decline" else None
+                self._log(f"offer {attempt.outcome}", service=run.status.service, partner=reply.partner_id)
+                if action == "accept":
+                    waited = (now - workflow.info().start_time).total_seconds()
+                    workflow.metric_meter().create_histogram_float(
+                        "time_to_acceptance_seconds", "from the referral's start to a partner's acceptance", "s"
+                    ).record(max(waited, 0.0), {"urgency": self._assessment.urgency})
             else:
                 checkin = run.open_checkin()
                 if checkin is not None:
@@ -396,6 +449,9 @@ class ReferralWorkflow:
                 message_sid=report.message_sid,
             )
         )
+        self._log("channel problem reported", partner=report.partner_id, channel=report.channel, problem=report.problem)
+        if report.channel == "sms":
+            self._count("sms_failures", "SMS that could not be sent or delivered, by problem", problem=report.problem)
         services = [r.status.service for r in self._services.values() if report.partner_id in self._involved(r)]
         self._notify(
             "coordinator",
@@ -536,11 +592,13 @@ class ReferralWorkflow:
         return sorted(partners)
 
     def _publish(self) -> None:
-        """Upsert search attributes and UI details, only when something they show changed."""
+        """Refresh the UI's current details (no history event: served by the metadata query);
+        upsert search attributes only when something they show changed."""
         awaiting, due = self._awaiting()
         engaged = self._engaged()
         stage = self._stage()
         level = self._escalation_level()
+        workflow.set_current_details(self._details_markdown(stage))
         state = (stage, tuple(awaiting), tuple(engaged), due, level)
         if state == self._published:
             return
@@ -557,19 +615,22 @@ class ReferralWorkflow:
                 sa.REPLY_DUE_BY.value_set(due) if due else sa.REPLY_DUE_BY.value_unset(),
             ]
         )
-        workflow.set_current_details(self._details_markdown(stage))
 
     def _details_markdown(self, stage: str) -> str:
         lines = [f"**R-{self._code}** · stage `{stage}` · urgency `{self._assessment.urgency}`", ""]
-        lines.append("| service | stage | partner | deadline | level |")
-        lines.append("|---|---|---|---|---|")
+        lines.append("| service | stage | partner | deadline | level | last event |")
+        lines.append("|---|---|---|---|---|---|")
         for run in self._services.values():
             s = run.status
             attempt = run.pending_attempt()
             checkin = run.open_checkin()
             deadline = attempt.deadline if attempt else (checkin.answer_by if checkin else None)
-            when = deadline.strftime("%Y-%m-%d %H:%M UTC") if deadline else "-"
-            lines.append(f"| {s.service} | {s.stage} | {s.partner_id or '-'} | {when} | {s.escalation_level} |")
+            when = _at(deadline) if deadline else "-"
+            lines.append(
+                f"| {s.service} | {s.stage} | {s.partner_id or '-'} | {when} | {s.escalation_level} | {_last_event(s)} |"
+            )
+        if self._closed_reason:
+            lines += ["", f"Closed: {self._closed_reason}"]
         return "\n".join(lines)
 
     @staticmethod
@@ -578,6 +639,20 @@ class ReferralWorkflow:
         return f"{s.service}: {s.stage}, {partner}, {len(s.attempts)} offer(s), escalation level {s.escalation_level}"
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _log(self, message: str, **fields: object) -> None:
+        """Replay-safe: workflow.logger writes nothing while replaying. Codes, ids, services and
+        counts only; never anything from the intake's person or notes."""
+        workflow.logger.info(message, extra={"referral": self._code, **fields})
+
+    def _count(self, name: str, description: str, **labels: str) -> None:
+        """A counter on the workflow's metric meter (replay-safe: nothing is recorded on replay)."""
+        workflow.metric_meter().create_counter(name, description).add(1, labels)
+
+    def _escalation(self, run: _ServiceRun, why: str, **fields: object) -> None:
+        level = run.status.escalation_level
+        self._log("escalation", service=run.status.service, escalation_level=level, why=why, **fields)
+        self._count("escalations", "escalations, by the level reached", level=str(level))
 
     def _require_policy(self) -> EscalationPolicy:
         assert self._policy is not None
@@ -647,7 +722,7 @@ class ReferralWorkflow:
                 start_to_close_timeout=SEND_TIMEOUT,
                 schedule_to_close_timeout=DELIVERY_GIVE_UP,
                 retry_policy=DELIVERY_RETRY,
-                summary=f"{channel} {notice.template} to {notice.recipient} {notice.recipient_id}",
+                summary=_delivery_summary(notice, channel),
             )
             return True
         except ActivityError as err:

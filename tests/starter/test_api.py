@@ -170,8 +170,9 @@ async def test_invalid_intake_names_the_field_and_echoes_nothing(bare, field_nam
         (None, "text/plain", 415),
         (None, "application/x-www-form-urlencoded", 415),
         (None, None, 415),
+        (b'{"external_ref": "\xff"}', "application/json", 400),
     ],
-    ids=["malformed", "empty", "array", "string", "text-plain", "form", "no-content-type"],
+    ids=["malformed", "empty", "array", "string", "text-plain", "form", "no-content-type", "not-utf8"],
 )
 async def test_malformed_bodies_are_4xx_with_field_errors(bare, content, content_type, status):
     case = adult_case()

