@@ -1,6 +1,6 @@
 """The web app: SMS webhooks, the JSON API, the coordinators' web form, the partner page.
 
-`uvicorn starter.web:app` (or `referral web`). Each part owns a router in its own module;
+`uvicorn starter.web:app`. Each part owns a router in its own module;
 this file only assembles them and holds what they share: settings and the Temporal client.
 """
 
@@ -38,8 +38,11 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.state.settings = settings
     app.state.client = client
 
-    for module in _ROUTERS:
-        app.include_router(module.router)
+    # Imported here: each part imports `settings_of`/`client_of` from this module.
+    from starter import api, codec_server, forms, partner_page, sms_webhook
+
+    for part in (sms_webhook, api, forms, partner_page, codec_server):
+        app.include_router(part.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -54,23 +57,6 @@ def settings_of(request: Request) -> Settings:
 
 def client_of(request: Request) -> Client:
     return request.app.state.client
-
-
-def _routers() -> list:
-    """Routers present in this tree; each module exposes `router`."""
-    import importlib
-
-    modules = []
-    for name in ("starter.sms_webhook", "starter.api", "starter.forms", "starter.partner_page", "starter.codec_server"):
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-    return modules
-
-
-_ROUTERS = _routers()
 
 
 def __getattr__(name: str):
