@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import copy
 import json
 import os
@@ -558,7 +557,7 @@ def table(args, stack: Stack, tp: Throughput | None, base: Throughput | None, la
         rows.append((f"raw execute_update, p50/p95/p99 ({len(lat.raw)})", f"{r50:.1f} / {r95:.1f} / {r99:.1f} ms ({lat.raw_ok} accepted)", "", ""))
         rows.append(("reply p99 / raw p99", f"{w99 / r99:.2f}x", "<= 1.5x", verdict(w99 <= 1.5 * r99)))
     if sc:
-        rows.append((f"scale: open referrals waiting on timers", f"{sc.n}", "10000", verdict(sc.n >= 10000)))
+        rows.append(("scale: open referrals waiting on timers", f"{sc.n}", "10000", verdict(sc.n >= 10000)))
         rows.append(("scale: time to start them", f"{sc.start_seconds:.1f} s of start calls ({sc.n / sc.start_seconds:.0f}/s); {sc.settled_seconds:.1f} s until all offered", "", ""))
         rows.append(("scale: worker RSS with them open", f"{sc.rss_kb / 1024:.0f} MB (peak {sc.peak_kb / 1024:.0f} MB; {sc.idle_rss_before_kb / 1024:.0f} MB before)", "<= 300 MB", verdict(sc.peak_kb / 1024 <= 300)))
     if tp:

@@ -28,6 +28,7 @@ import uvicorn
 from aiosmtpd.controller import Controller
 from starlette.responses import JSONResponse
 
+from starter.sms_webhook import inbound_form
 from tests.fakes.twilio_server import DEFAULT_AUTH_TOKEN, FakeTwilio, signed_headers
 
 CODE = re.compile(r"R-([34679ACDEFGHJKMNPQRTUVWXY]{5})")
@@ -89,19 +90,7 @@ class PartnerFake(FakeTwilio):
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=30.0)
         sid = "SM" + "%032x" % (time.time_ns() ^ (hash(body) & 0xFFFFFFFF))
-        params = {
-            "AccountSid": self.account_sid,
-            "ApiVersion": "2010-04-01",
-            "Body": body,
-            "From": sender,
-            "MessageSid": sid,
-            "NumMedia": "0",
-            "NumSegments": "1",
-            "SmsMessageSid": sid,
-            "SmsSid": sid,
-            "SmsStatus": "received",
-            "To": "+15005550006",
-        }
+        params = inbound_form(self.account_sid, sender, "+15005550006", body, sid)
         try:
             r = await self._http.post(self.webhook, content=urlencode(params), headers=signed_headers(self.auth_token, self.webhook, params))
             self.stats[f"replies_http_{r.status_code}"] += 1

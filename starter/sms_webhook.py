@@ -64,7 +64,13 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from activities.directory import ConfigError, Partner, load_directory
 from activities.messages import LANGUAGES, catalogue
-from activities.sms_store import clear_opt_out, is_opted_out, record_opt_out, remember_reply, stored_reply
+from activities.sms_store import (
+    clear_opt_out,
+    is_opted_out,
+    record_opt_out,
+    remember_reply,
+    stored_reply,
+)
 from config.settings import Settings
 from starter import referrals
 from starter.sms_commands import SmsCommand, parse_sms
@@ -480,6 +486,23 @@ def _messages_of(xml: str) -> list[str]:
     return [(m.text or "").strip() for m in root.iter("Message")]
 
 
+def inbound_form(account_sid: str, sender: str, to: str, body: str, sid: str) -> dict[str, str]:
+    """The form Twilio posts to /sms/inbound for one incoming SMS."""
+    return {
+        "AccountSid": account_sid,
+        "ApiVersion": "2010-04-01",
+        "Body": body,
+        "From": sender,
+        "MessageSid": sid,
+        "NumMedia": "0",
+        "NumSegments": "1",
+        "SmsMessageSid": sid,
+        "SmsSid": sid,
+        "SmsStatus": "received",
+        "To": to,
+    }
+
+
 async def reply_command(settings: Settings, args: argparse.Namespace) -> int:
     """POST a Twilio-signed SMS webhook to the running web app and print its answer."""
     token = settings.twilio_auth_token
@@ -497,19 +520,9 @@ async def reply_command(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     url = public_url(settings, INBOUND_PATH)
     sid = "SM" + secrets.token_hex(16)
-    params = {
-        "AccountSid": settings.twilio_account_sid or "AC" + "0" * 32,
-        "ApiVersion": "2010-04-01",
-        "Body": args.body,
-        "From": sender,
-        "MessageSid": sid,
-        "NumMedia": "0",
-        "NumSegments": "1",
-        "SmsMessageSid": sid,
-        "SmsSid": sid,
-        "SmsStatus": "received",
-        "To": settings.twilio_from_number or DEV_TO_NUMBER,
-    }
+    params = inbound_form(
+        settings.twilio_account_sid or "AC" + "0" * 32, sender, settings.twilio_from_number or DEV_TO_NUMBER, args.body, sid
+    )
     headers = {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, params)}
     try:
         async with httpx.AsyncClient(timeout=20.0) as http:

@@ -25,8 +25,8 @@ import uvicorn
 from temporalio.api.enums.v1 import EventType
 from twilio.request_validator import RequestValidator
 
-from activities.directory import load_directory
 from activities import sms_store
+from activities.directory import load_directory
 from activities.sms import read_outbox
 from config.settings import CONFIG_DIR, Settings
 from starter import referrals, sms_webhook
@@ -115,20 +115,7 @@ class Harness:
 
     def params(self, sender: str, body: str, sid: str | None = None, **extra: str) -> dict[str, str]:
         sid = sid or new_sid()
-        return {
-            "AccountSid": "AC" + "0" * 32,
-            "ApiVersion": "2010-04-01",
-            "Body": body,
-            "From": sender,
-            "MessageSid": sid,
-            "NumMedia": "0",
-            "NumSegments": "1",
-            "SmsMessageSid": sid,
-            "SmsSid": sid,
-            "SmsStatus": "received",
-            "To": TWILIO_NUMBER,
-            **extra,
-        }
+        return {**sms_webhook.inbound_form("AC" + "0" * 32, sender, TWILIO_NUMBER, body, sid), **extra}
 
     async def post(self, path: str, params: dict[str, str], *, signed_url: str | None = None, token: str = TOKEN, headers: dict[str, str] | None = None) -> httpx.Response:
         url = signed_url or PUBLIC + path
