@@ -125,6 +125,8 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         uv = logging.getLogger(name)
         uv.handlers.clear()
         uv.propagate = True
+        uv.disabled = False  # a dictConfig elsewhere (uvicorn's own) may have turned it off
+        uv.setLevel(logging.NOTSET)
 
     # The SDK's workflow and activity details go in fields (see temporal_context), not in the text.
     from temporalio import activity, workflow
