@@ -28,3 +28,16 @@ def adult_case(**overrides: Any) -> dict[str, Any]:
 
 def adult_intake(**overrides: Any) -> Intake:
     return Intake.model_validate(adult_case(**overrides))
+
+
+def uniform_policy(reply_within: str, remind_after: str, checkin_answer_within: str, escalated_alert_every: str, follow_ups: str) -> str:
+    """An escalation policy YAML with the same ladder for every urgency (tests' own timings)."""
+    ladder = (
+        f"{{reply_within: {reply_within}, remind_after: {remind_after}, "
+        f"checkin_answer_within: {checkin_answer_within}, escalated_alert_every: {escalated_alert_every}}}"
+    )
+    return (
+        "urgencies:\n"
+        + "".join(f"  {urgency}: {ladder}\n" for urgency in ("normal", "urgent", "emergency"))
+        + f"follow_ups: [{follow_ups}]\n"
+    )

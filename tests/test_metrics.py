@@ -9,19 +9,14 @@ import httpx
 
 from config.temporal import connect, metrics_runtime
 from starter import referrals
+from tests.cases import uniform_policy
 from tests.conftest import free_port, wait_for
 from tests.test_data_protection import PERSONAL, intake, offered
 from worker import build_worker
 from workflows.models import ChannelReport, PartnerReply
 from workflows.referral import ReferralWorkflow
 
-POLICY = """
-urgencies:
-  normal: {reply_within: 2s, remind_after: 1s, checkin_answer_within: 60s, escalated_alert_every: 60s}
-  urgent: {reply_within: 2s, remind_after: 1s, checkin_answer_within: 60s, escalated_alert_every: 60s}
-  emergency: {reply_within: 2s, remind_after: 1s, checkin_answer_within: 60s, escalated_alert_every: 60s}
-follow_ups: [1h]
-"""
+POLICY = uniform_policy("2s", "1s", "60s", "60s", "1h")
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

@@ -8,19 +8,13 @@ from pathlib import Path
 
 from activities.directory import load_directory
 from config.settings import CONFIG_DIR
-from tests.cases import adult_intake
+from tests.cases import adult_intake, uniform_policy
 from tests.conftest import wait_for
 from tests.faults.conftest import DevServer, message_report, say, stack, summarise, write_policy
 
 DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
 # Nothing times out while the test runs: only the offers are sent.
-QUIET_POLICY = """
-urgencies:
-  emergency: {reply_within: 6h, remind_after: 3h, checkin_answer_within: 6h, escalated_alert_every: 6h}
-  urgent: {reply_within: 6h, remind_after: 3h, checkin_answer_within: 6h, escalated_alert_every: 6h}
-  normal: {reply_within: 6h, remind_after: 3h, checkin_answer_within: 6h, escalated_alert_every: 6h}
-follow_ups: [6h]
-"""
+QUIET_POLICY = uniform_policy("6h", "3h", "6h", "6h", "6h")
 OUTAGE_SECONDS = 12.0
 
 

@@ -30,6 +30,7 @@ from config.settings import CONFIG_DIR, Settings
 from starter import referrals
 from starter.sms_commands import parse_sms
 from starter.web import create_app
+from tests.cases import uniform_policy
 from tests.conftest import running_worker, wait_for
 from workflows.intake import Intake
 from workflows.models import CoordinatorAction, ReferralStatus
@@ -48,13 +49,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
     database=None,
 )
-POLICY = """
-urgencies:
-  emergency: {reply_within: 6h, remind_after: 3h, checkin_answer_within: 6h, escalated_alert_every: 6h}
-  urgent: {reply_within: 6h, remind_after: 3h, checkin_answer_within: 6h, escalated_alert_every: 6h}
-  normal: {reply_within: 6h, remind_after: 3h, checkin_answer_within: 6h, escalated_alert_every: 6h}
-follow_ups: [6h]
-"""
+POLICY = uniform_policy("6h", "3h", "6h", "6h", "6h")
 # Actions that change a referral when its partner sends them (STOP/START: the opt-out record).
 COMMANDS = {"accept", "decline", "ok", "done", "issue", "stop", "start"}
 

@@ -31,7 +31,7 @@ from activities.sms import read_outbox
 from config.settings import CONFIG_DIR, Settings
 from starter import referrals, sms_webhook
 from starter.web import create_app
-from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake
+from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake, uniform_policy
 from tests.conftest import free_port, running_worker, wait_for
 from workflows.models import CoordinatorAction, ReferralStatus
 from workflows.referral import ReferralWorkflow
@@ -44,13 +44,7 @@ ARABIC = re.compile(r"[\u0600-\u06FF]")
 SECRETS = (PSEUDONYM, PHONE, PHONE[4:], NOTES[:20])
 
 # Deadlines far beyond any test: nothing times out while a test runs.
-POLICY = """
-urgencies:
-  emergency: {reply_within: 6h, remind_after: 3h, checkin_answer_within: 6h, escalated_alert_every: 6h}
-  urgent: {reply_within: 6h, remind_after: 3h, checkin_answer_within: 6h, escalated_alert_every: 6h}
-  normal: {reply_within: 6h, remind_after: 3h, checkin_answer_within: 6h, escalated_alert_every: 6h}
-follow_ups: [6h]
-"""
+POLICY = uniform_policy("6h", "3h", "6h", "6h", "6h")
 
 
 def number(partner_id: str) -> str:

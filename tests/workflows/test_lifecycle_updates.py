@@ -11,7 +11,7 @@ from activities.directory import load_directory
 from activities.sms import read_outbox
 from config.settings import CONFIG_DIR
 from starter import referrals
-from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake
+from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake, uniform_policy
 from tests.conftest import running_worker, wait_for
 from workflows.models import CoordinatorAction, PartnerReply
 from workflows.referral import ReferralWorkflow
@@ -19,13 +19,7 @@ from workflows.referral import ReferralWorkflow
 DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
 COORDINATOR = DIRECTORY.coordinator("casablanca-settat")
 
-FAST_POLICY = """
-urgencies:
-  normal: {reply_within: 2s, remind_after: 1s, checkin_answer_within: 30s, escalated_alert_every: 2s}
-  urgent: {reply_within: 2s, remind_after: 1s, checkin_answer_within: 30s, escalated_alert_every: 2s}
-  emergency: {reply_within: 2s, remind_after: 1s, checkin_answer_within: 30s, escalated_alert_every: 2s}
-follow_ups: [1h]
-"""
+FAST_POLICY = uniform_policy("2s", "1s", "30s", "2s", "1h")
 
 
 def sms_bodies(settings, partner_id: str) -> list[str]:
