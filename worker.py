@@ -30,6 +30,7 @@ def build_worker(client: Client, settings: Settings, task_queue: str | None = No
         activities=acts.all(),
         interceptors=[LogContextInterceptor()],
         workflow_runner=workflow_runner(),
+        max_cached_workflows=settings.worker_max_cached_referrals,
     )
 
 

@@ -59,6 +59,8 @@ BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 TASK_QUEUE = "bench-referrals"
 BASELINE_QUEUE = "bench-baseline"
+# WORKER_MAX_CACHED_REFERRALS for the comparison run with the sticky cache on
+CACHED = 1000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SA_TYPES = {"KEYWORD": "Keyword", "KEYWORD_LIST": "KeywordList", "INT": "Int", "DATETIME": "Datetime", "TEXT": "Text", "BOOL": "Bool", "DOUBLE": "Double"}
@@ -291,8 +293,8 @@ def partner_numbers(region: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def start_worker(stack: Stack, name: str, policy: str) -> Proc:
-    return stack.start(name, [sys.executable, "worker.py"], REFERRAL_POLICY_FILE=str(BENCH / policy))
+def start_worker(stack: Stack, name: str, policy: str, **env: str) -> Proc:
+    return stack.start(name, [sys.executable, "worker.py"], REFERRAL_POLICY_FILE=str(BENCH / policy), **env)
 
 
 # --------------------------------------------------------------------------- referrals
@@ -541,13 +543,19 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT MET"
 
 
-def table(args, stack: Stack, tp: Throughput | None, base: Throughput | None, lat: Latency | None, sc: Scale | None, suite: tuple[float, str] | None) -> str:
+def table(args, stack: Stack, tp: Throughput | None, base: Throughput | None, cached: Throughput | None, lat: Latency | None, sc: Scale | None, suite: tuple[float, str] | None) -> str:
     rows: list[tuple[str, str, str, str]] = []
     if tp and base:
         ratio = tp.rate / base.rate
         rows.append((f"throughput, ours ({tp.n} referrals, full lifecycle)", f"{tp.rate:.2f} referrals/s ({tp.seconds:.1f} s; {tp.ok}/{tp.n} as expected)", "", ""))
         rows.append((f"throughput, bare baseline ({base.n} runs)", f"{base.rate:.2f} runs/s ({base.seconds:.1f} s; {base.ok}/{base.n} as expected)", "", ""))
         rows.append(("throughput ratio ours / baseline", f"{ratio:.2f}", ">= 0.85", verdict(ratio >= 0.85)))
+        if cached:
+            rows.append((
+                f"ours with the sticky cache on ({CACHED} cached)",
+                f"{cached.rate:.2f} referrals/s ({cached.ok}/{cached.n} as expected): {cached.rate / base.rate:.2f} x baseline",
+                "", "",
+            ))  # fmt: skip
         s, b = tp.shape, base.shape
         rows.append(("shape per run: activities / timers / updates", f"ours {s['activities']}/{s['timers']}/{s['updates']}, baseline {b['activities']}/{b['timers']}/{b['updates']}", "", ""))
     if lat:
@@ -588,7 +596,7 @@ async def run(args) -> str:
 
     stack = make_stack()
     say(f"bench: working directory {stack.tmp}")
-    tp = base = lat = sc = None
+    tp = base = cached = lat = sc = None
     try:
         await start_temporal(stack)
         say("bench: dev server up")
@@ -621,6 +629,15 @@ async def run(args) -> str:
                 await profile(stack, worker, lambda: throughput_ours(client, args.throughput), "worker-throughput")
             stack.stop("worker-throughput")
 
+            # The same with Temporal's sticky cache, which production leaves off (README
+            # "Reliability"): what the cache-off safety costs.
+            say("bench: throughput, ours with the sticky cache")
+            start_worker(stack, "worker-throughput-cached", "policy.fast.yaml", WORKER_MAX_CACHED_REFERRALS=str(CACHED))
+            await throughput_ours(client, 10)  # warm-up
+            cached = await throughput_ours(client, args.throughput)
+            say(f"bench: ours, cached {cached.rate:.2f}/s ok={cached.ok}")
+            stack.stop("worker-throughput-cached")
+
         if args.replies or args.scale:
             worker = start_worker(stack, "worker-latency", "policy.long.yaml")
             if args.replies:
@@ -652,7 +669,7 @@ async def run(args) -> str:
         suite = (time.perf_counter() - t0, "passed" if code == 0 else f"pytest exit code {code}")
     elif args.suite_seconds:
         suite = (args.suite_seconds, "recorded, passed in")
-    return table(args, stack, tp, base, lat, sc, suite)
+    return table(args, stack, tp, base, cached, lat, sc, suite)
 
 
 async def profile(stack: Stack, proc: Proc, work, label: str):

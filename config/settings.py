@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     referral_task_queue: str = "referrals"
     dev_ui_port: int = 8233  # make run: the dev server's Web UI (its gRPC port is TEMPORAL_ADDRESS's)
+    # Referrals a worker keeps in memory between tasks (Temporal's sticky cache). 0, the default,
+    # replays each referral's history for every task: slower, but immune to the SDK bug in which
+    # a cached referral, advanced by a query during a worker crash, writes a history that no
+    # worker can replay afterwards (README "Reliability"). Raise it only on an SDK that fixes it.
+    worker_max_cached_referrals: int = Field(default=0, ge=0)
 
     # Payload encryption (config/codec.py): comma-separated `kid:base64-of-32-bytes`; the first
     # encrypts, all decrypt. `python -m config.codec new-key` prints an entry. Unset: the worker,

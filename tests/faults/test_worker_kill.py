@@ -141,10 +141,6 @@ async def run_with_kills(s: Stack, n: int, seed: int, every: tuple[float, float]
     return figures
 
 
-# In `make test-faults` only: a worker restarted cold can hit the Python SDK's replay-order bug
-# for an update accepted in the same task as a fired timer (tests/replay/test_known_issues.py),
-# which makes this test fail intermittently until that is fixed.
-@pytest.mark.faults_full
 async def test_worker_sigkill_mid_lifecycle(fault_server: DevServer, tmp_path: Path):
     policy = write_policy(tmp_path / "policy.yaml", FAST_POLICY)
     async with stack(fault_server, tmp_path, policy) as s:

@@ -1,13 +1,18 @@
 """Histories that do NOT replay today, kept so the day they do is noticed.
 
-`known_issues/update-in-timer-task.json` comes from the fault suite (dev server SIGKILLed and
-restarted, temporalio 1.35.0, CLI 1.9.1 / server 1.32.0). Check-in 1's timer fired in workflow
-task 37; while the worker was handling it, the partner's `ok` update arrived and was accepted in
-that same task, after the task's commands (upsert 40, sends 41-42, accepted 43 with
-acceptedRequestSequencingEventId=37). Replaying delivers the update at the start of task 37, before
-the timer's commands, and fails: "Update machine does not handle this event: HistoryEvent(id: 40,
-UpsertWorkflowSearchAttributes)". The live referral completed; one in this state that lost its
-worker's cache would be stuck (queries and new tasks fail). Encrypted with the tests' key.
+`known_issues/update-in-timer-task.json` was written by a worker with Temporal's sticky cache on
+(temporalio 1.35.0, CLI 1.9.1 / server 1.32.0), in a fault run. How (seen in the SDK core's
+debug log of a later run that wrote the same shape): a worker died while check-in 1's timer
+had fired; a fresh worker got a legacy query for the referral, replayed its history and, to
+answer, also ran the fired timer (sends and an upsert, held, not yet recorded) and kept the
+referral cached; the partner's `ok` update then came in the next workflow task, and that task
+recorded the timer's commands (upsert 40, sends 41-42) before the update's acceptance (43,
+acceptedRequestSequencingEventId=37). Replaying gives the update and the timer in one
+activation, update first, and fails: "Update machine does not handle this event:
+HistoryEvent(id: 40, UpsertWorkflowSearchAttributes)". Such a referral can no longer be queried
+or continued by any worker. Workers therefore run with the cache off
+(WORKER_MAX_CACHED_REFERRALS=0): a query on a cold worker is then answered and forgotten, and
+every task is built from the recorded history alone. Encrypted with the tests' key.
 """
 
 from __future__ import annotations
