@@ -31,6 +31,7 @@ def build_worker(client: Client, settings: Settings, task_queue: str | None = No
         interceptors=[LogContextInterceptor()],
         workflow_runner=workflow_runner(),
         max_cached_workflows=settings.worker_max_cached_referrals,
+        max_concurrent_workflow_tasks=settings.worker_max_concurrent_referral_tasks,
     )
 
 

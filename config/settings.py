@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # a cached referral, advanced by a query during a worker crash, writes a history that no
     # worker can replay afterwards (README "Reliability"). Raise it only on an SDK that fixes it.
     worker_max_cached_referrals: int = Field(default=0, ge=0)
+    # Workflow tasks a worker takes at once. Each replays a history (~0.1-0.2 s of CPU on one
+    # Python thread), so a few at a time keeps each under its 10 s timeout; the rest wait on the
+    # server, where no timeout runs. Scale out with more workers, not a larger number here.
+    worker_max_concurrent_referral_tasks: int = Field(default=8, ge=2)
 
     # Payload encryption (config/codec.py): comma-separated `kid:base64-of-32-bytes`; the first
     # encrypts, all decrypt. `python -m config.codec new-key` prints an entry. Unset: the worker,

@@ -25,6 +25,15 @@ async def test_worker_keeps_no_referral_cached_by_default(time_env, make_setting
     assert worker.config()["max_cached_workflows"] == 500
 
 
+async def test_worker_takes_a_few_workflow_tasks_at_once(time_env, make_settings):
+    """Each task replays a history on one Python thread: a small number of slots keeps every task
+    well inside its 10 s timeout (100, the SDK default, let a burst time tasks out in the bench)."""
+    worker = build_worker(time_env.client, make_settings(), task_queue="slots-default")
+    assert worker.config()["max_concurrent_workflow_tasks"] == 8
+    worker = build_worker(time_env.client, make_settings(worker_max_concurrent_referral_tasks=3), task_queue="slots-set")
+    assert worker.config()["max_concurrent_workflow_tasks"] == 3
+
+
 async def test_the_sandbox_still_refuses_a_clock_read(time_env):
     """The worker's sandbox refuses a non-deterministic call in workflow code: the workflow task
     fails instead of recording a wall-clock value. (Passing all modules through the sandbox,
