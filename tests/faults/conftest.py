@@ -50,10 +50,9 @@ from activities.sms import read_outbox
 from config.settings import CONFIG_DIR, Settings
 from config.temporal import connect
 from starter import referrals
-from starter.devstack import _SA_TYPES
+from starter.devstack import search_attribute_flags
 from tests import conftest as base
 from tests.conftest import free_port
-from workflows import search_attributes as sa
 from workflows.models import CoordinatorAction, Delivery, Notice, PartnerReply, ReferralStatus
 
 # The key every test client and worker encrypts with (tests/conftest.py); None before encryption.
@@ -193,9 +192,7 @@ class DevServer:
             "--ip", HOST, "--port", str(self.port), "--headless",
             "--db-filename", str(self.db), "--namespace", namespace, "--log-level", "error",
         ]  # fmt: skip
-        for key in sa.ALL:
-            kind = _SA_TYPES[key.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")]
-            argv += ["--search-attribute", f"{key.name}={kind}"]
+        argv += search_attribute_flags()
         self.proc = Proc("temporal", argv, dict(os.environ), directory, directory / "temporal.log")
 
     @property
