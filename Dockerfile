@@ -4,7 +4,7 @@
 # environment in a build stage, so pip's build backend and caches never reach the final image.
 #
 #   worker: python worker.py                                        (the default CMD)
-#   web:    uvicorn starter.web:app --host 0.0.0.0 --port 8000
+#   web:    uvicorn web.app:app --host 0.0.0.0 --port 8000
 #
 # The base is pinned to an exact Python patch release and Debian release; to pin the digest too,
 # build with --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest>.
@@ -18,7 +18,9 @@ WORKDIR /src
 COPY pyproject.toml worker.py ./
 COPY activities ./activities
 COPY config ./config
+COPY infra ./infra
 COPY starter ./starter
+COPY web ./web
 COPY workflows ./workflows
 # Every dependency ships binary wheels: no compiler is installed, in this stage or the next.
 RUN /opt/venv/bin/pip install --no-cache-dir .

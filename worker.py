@@ -13,9 +13,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.observability import LogContextInterceptor
 from activities.referral_activities import ReferralActivities
-from config.logs import configure_logging
+from infra.logs import configure_logging
 from config.settings import Settings, get_settings
-from config.temporal import EncryptionNotConfigured, MetricsUnavailable, connect, metrics_runtime
+from infra.temporal import EncryptionNotConfigured, MetricsUnavailable, connect, metrics_runtime
 from workflows.referral import ReferralWorkflow
 
 log = structlog.get_logger("worker")

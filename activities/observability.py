@@ -19,7 +19,7 @@ import structlog
 from temporalio import activity
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
-from config.logs import referral_code
+from infra.logs import referral_code
 
 
 class _ActivityLogContext(ActivityInboundInterceptor):

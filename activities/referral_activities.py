@@ -16,7 +16,8 @@ from activities.email import EmailRefused, build_email, send_email
 from activities.messages import RenderedMessage, render
 from activities.observability import count_sms_failure
 from activities.partner_links import LINK_TEMPLATES, partner_link
-from activities.sms import SmsBackend, SmsRefused, build_sms_backend
+from activities.sms import SmsBackend, SmsRefused
+from activities.sms_channel import build_sms_backend
 from activities.sms_store import is_opted_out
 from config.settings import Settings
 from workflows.models import Candidate, Delivery, EscalationPolicy, MatchRequest, Notice

@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
-from config.settings import Settings
 
 # Kinds of permanent refusal, used as the activity's non-retryable error types.
 SMS_REFUSALS = ("InvalidPhoneNumber", "OptedOut", "NoSmsNumber")
@@ -88,11 +87,3 @@ def read_outbox(outbox_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def build_sms_backend(settings: Settings) -> SmsBackend:
-    if settings.sms_backend == "twilio":
-        from activities.twilio_sms import TwilioSms
-
-        return TwilioSms.from_settings(settings)
-    return OutboxSms(settings.outbox_dir)

@@ -6,7 +6,7 @@ Everything runs on loopback, started and stopped here, each in its own process:
   a temporary directory, the referral search attributes registered);
 - the stand-ins (bench/standins.py): an SMTP sink and the Twilio fake, which also plays the
   partners by answering offers and check-ins with Twilio-signed `POST /sms/inbound`;
-- the web app as deployed (`uvicorn starter.web:app`);
+- the web app as deployed (`uvicorn web.app:app`);
 - the worker as deployed (`python worker.py`), restarted for each phase with its policy;
 - for the baseline, bench/baseline.py's worker.
 
@@ -599,7 +599,7 @@ def table(args, stack: Stack, tp: Throughput | None, base: Throughput | None, ca
 async def run(args) -> str:
     from temporalio.client import Client
 
-    from config.temporal import connect
+    from infra.temporal import connect
 
     stack = make_stack()
     say(f"bench: working directory {stack.tmp}")
@@ -613,7 +613,7 @@ async def run(args) -> str:
             [sys.executable, "-m", "bench.standins", "--smtp-port", str(stack.smtp_port), "--twilio-port", str(stack.twilio_port),
              "--webhook", stack.public_base_url + "/sms/inbound", "--auto", auto],
         )  # fmt: skip
-        web = stack.start("web", [sys.executable, "-m", "uvicorn", "starter.web:app", "--host", HOST, "--port", str(stack.web_port), "--log-level", "warning", "--no-access-log"])
+        web = stack.start("web", [sys.executable, "-m", "uvicorn", "web.app:app", "--host", HOST, "--port", str(stack.web_port), "--log-level", "warning", "--no-access-log"])
         await wait_http(f"http://{HOST}:{stack.twilio_port}/bench/stats", standins)
         await wait_http(stack.public_base_url + "/healthz", web)
         client = await connect(stack.settings())

@@ -28,7 +28,7 @@ import uvicorn
 from aiosmtpd.controller import Controller
 from starlette.responses import JSONResponse
 
-from starter.sms_webhook import inbound_form
+from starter.sms_reply import inbound_form
 from tests.fakes.twilio_server import DEFAULT_AUTH_TOKEN, FakeTwilio, signed_headers
 
 CODE = re.compile(r"R-([34679ACDEFGHJKMNPQRTUVWXY]{5})")

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     worker_max_concurrent_referral_tasks: int = Field(default=8, ge=2)
 
     # Payload encryption (config/codec.py): comma-separated `kid:base64-of-32-bytes`; the first
-    # encrypts, all decrypt. `python -m config.codec new-key` prints an entry. Unset: the worker,
+    # encrypts, all decrypt. `python -m infra.codec new-key` prints an entry. Unset: the worker,
     # the web app and the CLI refuse to start unless REFERRAL_ALLOW_PLAINTEXT=true.
     referral_encryption_keys: SecretStr | None = None
     referral_allow_plaintext: bool = False
@@ -83,8 +83,8 @@ class Settings(BaseSettings):
     partner_link_secret: str | None = Field(default=None, min_length=32)
     partner_link_ttl_hours: int = Field(default=72, ge=1, le=24 * 90)
 
-    # Web form (starter/forms.py): coordinators' logins and their session cookie.
-    # `python -m starter.forms hash-password` prints a hash for COORDINATOR_LOGINS. Login `api`
+    # Web form (web/security.py, web/routes/): coordinators' logins and their session cookie.
+    # `python -m web.security hash-password` prints a hash for COORDINATOR_LOGINS. Login `api`
     # also accepts any token of REFERRAL_API_TOKENS as its password.
     coordinator_logins: str = Field(
         default="", description="comma-separated login:pbkdf2_sha256$<iterations>$<salt>$<hex> entries"
@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         # An after-validator: a failure shows the value as SecretStr('**********'), never the key.
         if value is None or not value.get_secret_value().strip():
             return None
-        from config.codec import parse_keys
+        from infra.codec import parse_keys
 
         parse_keys(value.get_secret_value())  # raises a ValueError naming the setting
         return value

@@ -26,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from config.settings import get_settings
-from config.temporal import EncryptionNotConfigured, connect
+from infra.temporal import EncryptionNotConfigured, connect
 from starter import referrals
 from workflows.intake import REGIONS, SERVICES, Intake, describe_errors
 from workflows.models import PARTNER_ACTIONS, STAGE_ORDER, CoordinatorAction, PartnerReply
@@ -80,7 +80,7 @@ def _print_json(obj: object) -> None:
 async def _run(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.command == "reply":
-        from starter.sms_webhook import reply_command
+        from starter.sms_reply import reply_command
 
         return await reply_command(settings, args)
     intake = load_intake(args.file) if args.command == "start" else None

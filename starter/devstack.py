@@ -8,7 +8,7 @@ Starts, in this order, and stops in the reverse order:
    attributes registered;
 2. a local SMTP server (aiosmtpd, in this process) that stores each email it receives as an
    `.eml` file under `$REFERRAL_DATA_DIR/outbox/mail/`;
-3. the worker (`python worker.py`) and the web app (`uvicorn starter.web:app`), with an
+3. the worker (`python worker.py`) and the web app (`uvicorn web.app:app`), with an
    environment for local use: the demo policy (deadlines in seconds), the SMS outbox, the local
    SMTP server, and dev tokens and secrets (kept in `$REFERRAL_DATA_DIR/dev-secrets.env`).
 
@@ -172,7 +172,7 @@ def _dev_secrets(data_dir: Path, wanted: list[str]) -> dict[str, str]:
 def _dev_encryption_key(data_dir: Path) -> str:
     """A local development key (`dev-<date>:<base64>`), generated once per data dir and kept in
     dev-secrets.env beside the other dev secrets, so `make run` again still decodes the histories."""
-    from config.codec import EncryptionKeyFormatError, new_key_entry, parse_keys
+    from infra.codec import EncryptionKeyFormatError, new_key_entry, parse_keys
 
     path = data_dir / "dev-secrets.env"
     stored = _read_env_file(path)
@@ -522,7 +522,7 @@ class Devstack:
             "--namespace", s.temporal_namespace,
             "--log-level", "warn",
             "--ui-disable-news-fetch",
-            # The UI decodes payloads through the web app's codec server (starter/codec_server.py).
+            # The UI decodes payloads through the web app's codec server (web/routes/codec.py).
             "--ui-codec-endpoint", f"http://localhost:{s.web_port}/codec",
         ]  # fmt: skip
         argv += search_attribute_flags()
@@ -537,7 +537,7 @@ class Devstack:
     async def _connect(self):
         from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 
-        from config.temporal import connect
+        from infra.temporal import connect
 
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while True:
@@ -576,7 +576,7 @@ class Devstack:
         self.children["worker"] = await Child.start("worker", [sys.executable, str(REPO / "worker.py")])
         self.children["web"] = await Child.start(
             "web",
-            [sys.executable, "-m", "uvicorn", "starter.web:app", "--host", HOST, "--port", str(s.web_port), "--log-level", "warning"],
+            [sys.executable, "-m", "uvicorn", "web.app:app", "--host", HOST, "--port", str(s.web_port), "--log-level", "warning"],
         )
         await asyncio.gather(self._wait_worker(), self._wait_http(f"http://{HOST}:{s.web_port}/healthz", "web app"))
         await self._wait_http(f"http://{HOST}:{self.p.ui_port}/", "Temporal Web UI")

@@ -32,7 +32,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.referral_activities import ReferralActivities
 from config.settings import CONFIG_DIR, Settings
-from config.temporal import data_converter
+from infra.temporal import data_converter
 from worker import build_worker
 from workflows import search_attributes as sa
 

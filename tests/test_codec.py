@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 from temporalio.api.common.v1 import Payload
 
-from config.codec import (
+from infra.codec import (
     ENCODING,
     KEY_ID,
     EncryptionCodec,
@@ -18,9 +18,9 @@ from config.codec import (
     new_key_entry,
     parse_keys,
 )
-from config.logs import reset_logging
+from infra.logs import reset_logging
 from config.settings import Settings
-from config.temporal import EncryptionNotConfigured, data_converter
+from infra.temporal import EncryptionNotConfigured, data_converter
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake
 from workflows.models import ReferralInput
 
@@ -148,7 +148,7 @@ async def test_the_converter_encrypts_workflow_inputs_and_failures():
 
 
 async def test_worker_and_web_app_refuse_to_start_without_a_key(tmp_path):
-    from starter.web import create_app
+    from web.app import create_app
     from worker import run_worker
 
     bare = Settings(_env_file=None, referral_encryption_keys=None, referral_data_dir=tmp_path, metrics_port=0)  # type: ignore[call-arg]

@@ -29,9 +29,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client
 
-from config.codec import KEY_ID, UnknownEncryptionKeyError, new_key_entry
-from config.logs import configure_logging, reset_logging
-from config.temporal import connect
+from infra.codec import KEY_ID, UnknownEncryptionKeyError, new_key_entry
+from infra.logs import configure_logging, reset_logging
+from infra.temporal import connect
 from starter import referrals
 from tests.cases import adult_intake
 from tests.conftest import running_worker, wait_for

@@ -412,7 +412,7 @@ def test_dockerfile_and_compose_start_the_same_commands() -> None:
     cmd = [rest for k, rest in final_stage() if k == "CMD"]
     assert cmd and json.loads(cmd[-1]) == services["worker"]["command"] == ["python", "worker.py"]
     web = services["web"]["command"]
-    assert web[:2] == ["uvicorn", "starter.web:app"]
+    assert web[:2] == ["uvicorn", "web.app:app"]
     assert " ".join(web) in DOCKERFILE.read_text(encoding="utf-8"), "the Dockerfile's header must show the web command compose runs"
     assert web[web.index("--port") + 1] == "8000"
     assert any(p.endswith(":8000") for p in services["web"]["ports"])

@@ -9,7 +9,7 @@ import logging
 import pytest
 import structlog
 
-from config.logs import configure_logging, reset_logging
+from infra.logs import configure_logging, reset_logging
 from config.settings import Settings
 
 

@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 
-from config.temporal import connect, metrics_runtime
+from infra.temporal import connect, metrics_runtime
 from starter import referrals
 from tests.cases import uniform_policy
 from tests.conftest import free_port, wait_for

@@ -235,7 +235,7 @@ class PersonDetails(_Model):
     """PERSONAL DATA: the intake's person and notes, for the partner that holds a service.
 
     Returned only by the workflow's `person_details` query, only to the partner details page
-    (starter/partner_page.py), and only while that partner has accepted or been assigned a
+    (web/routes/partner_page.py), and only while that partner has accepted or been assigned a
     service of the referral. Never log it, put it in a message, a status or a search attribute.
     """
 

@@ -17,7 +17,8 @@ import structlog
 from twilio.request_validator import RequestValidator
 
 from activities import twilio_sms
-from activities.sms import SmsRefused, build_sms_backend
+from activities.sms import SmsRefused
+from activities.sms_channel import build_sms_backend
 from activities.twilio_sms import (
     TwilioConfigError,
     TwilioOutcomeUnknown,

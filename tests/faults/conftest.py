@@ -3,7 +3,7 @@
 - `DevServer`: the Temporal CLI dev server in its own process, its state in a SQLite file in
   tmp, the referral search attributes registered (as `make run` does), so it can be stopped
   (SIGTERM or SIGKILL) and started again on the same file and port.
-- `Proc`: a child process (`python worker.py`, `uvicorn starter.web:app`) started with the
+- `Proc`: a child process (`python worker.py`, `uvicorn web.app:app`) started with the
   environment built from a `Settings` by `settings_env`, so it sees exactly what the in-process
   client sees (data converter and encryption keys included); killed with any signal, restarted.
 - `MailSink`: an SMTP server that can be stopped and started again on the same port; it keeps
@@ -48,7 +48,7 @@ from temporalio.service import RPCError
 from activities.directory import load_directory
 from activities.sms import read_outbox
 from config.settings import CONFIG_DIR, Settings
-from config.temporal import connect
+from infra.temporal import connect
 from starter import referrals
 from starter.devstack import search_attribute_flags
 from tests import conftest as base
@@ -297,7 +297,7 @@ class Stack:
             await asyncio.sleep(0.3)
 
     def web_proc(self, port: int) -> Proc:
-        argv = [sys.executable, "-m", "uvicorn", "starter.web:app", "--host", HOST, "--port", str(port), "--log-level", "warning"]
+        argv = [sys.executable, "-m", "uvicorn", "web.app:app", "--host", HOST, "--port", str(port), "--log-level", "warning"]
         self.web = Proc("web", argv, settings_env(self.settings), self.tmp, self.tmp / "web.log")
         return self.web
 

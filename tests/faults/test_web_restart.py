@@ -19,7 +19,7 @@ from twilio.request_validator import RequestValidator
 from activities.directory import load_directory
 from config.settings import CONFIG_DIR
 from starter import referrals
-from starter.sms_webhook import reply_text
+from web.routes.sms_webhook import reply_text
 from tests.cases import adult_intake
 from tests.conftest import free_port, wait_for
 from tests.faults.conftest import DevServer, Stack, say, stack, write_policy

@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from config.settings import Settings
 from starter import referrals
-from starter.web import create_app
+from web.app import create_app
 from tests.conftest import wait_for
 from workflows.intake import INDICATORS, REGIONS, SERVICES
 

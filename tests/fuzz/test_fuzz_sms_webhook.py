@@ -29,7 +29,7 @@ from activities.directory import load_directory
 from config.settings import CONFIG_DIR, Settings
 from starter import referrals
 from starter.sms_commands import parse_sms
-from starter.web import create_app
+from web.app import create_app
 from tests.cases import uniform_policy
 from tests.conftest import running_worker, wait_for
 from workflows.intake import Intake

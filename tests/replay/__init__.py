@@ -17,9 +17,9 @@ HISTORIES = Path(__file__).parent / "histories"  # no resolve(): the sandbox imp
 
 
 def replay_data_converter() -> DataConverter:
-    """The project's converter (config.temporal) without encryption: used to record and to replay."""
+    """The project's converter (infra.temporal) without encryption: used to record and to replay."""
     from config.settings import Settings
-    from config.temporal import data_converter
+    from infra.temporal import data_converter
 
     settings = Settings(_env_file=None, referral_allow_plaintext=True, referral_encryption_keys=None)  # type: ignore[call-arg]
     return dataclasses.replace(data_converter(settings), payload_codec=None)

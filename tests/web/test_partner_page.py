@@ -23,7 +23,7 @@ from activities.partner_links import (
 from activities.sms import read_outbox
 from config.settings import CONFIG_DIR, Settings
 from starter import referrals
-from starter.web import create_app
+from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake
 from tests.conftest import running_worker, wait_for
 from workflows.models import CoordinatorAction

@@ -14,7 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from config.settings import Settings
 from starter import referrals
-from starter.web import create_app
+from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_case
 from tests.conftest import running_worker, wait_for
 from workflows.models import CoordinatorAction

@@ -29,10 +29,11 @@ from fastapi.responses import JSONResponse, Response
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
-from config.codec import PayloadDecryptionError
+from infra.codec import PayloadDecryptionError
 from config.settings import Settings
-from config.temporal import payload_codec
-from starter import web
+from infra.temporal import payload_codec
+from web import deps
+from web.security import authorised, current_session
 
 router = APIRouter(prefix="/codec", include_in_schema=False)
 
@@ -60,21 +61,15 @@ def _error(status: int, message: str, cors: dict[str, str], extra: dict[str, str
 
 
 def _authorised(request: Request, settings: Settings) -> bool:
-    from starter.api import authorised
-
     if authorised(settings, request.headers.get("authorization")):
         return True
-    try:
-        from starter.forms import current_session
-    except ModuleNotFoundError:  # a tree without the web form
-        return False
     session = current_session(request)
     return session is not None and session.authenticated
 
 
 @router.options("/{operation}")
 async def preflight(operation: str, request: Request) -> Response:
-    settings = web.settings_of(request)
+    settings = deps.settings_of(request)
     origin = request.headers.get("origin")
     cors = _cors_headers(settings, origin)
     if operation not in ("decode", "encode") or "Access-Control-Allow-Origin" not in cors:
@@ -110,7 +105,7 @@ async def _payloads(request: Request, cors: dict[str, str]) -> Payloads | JSONRe
 
 
 async def _convert(request: Request, operation: str) -> Response:
-    settings = web.settings_of(request)
+    settings = deps.settings_of(request)
     cors = _cors_headers(settings, request.headers.get("origin"))
     if not _authorised(request, settings):
         return _error(401, "log in to the web form, or send Authorization: Bearer <API token>", cors, {"WWW-Authenticate": "Bearer"})

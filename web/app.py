@@ -1,6 +1,6 @@
 """The web app: SMS webhooks, the JSON API, the coordinators' web form, the partner page.
 
-`uvicorn starter.web:app`. Each part owns a router in its own module;
+`uvicorn web.app:app`. Each part owns a router in its own module;
 this file only assembles them and holds what they share: settings and the Temporal client.
 """
 
@@ -10,12 +10,13 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from temporalio.client import Client
 
-from config.logs import configure_logging
+from infra.logs import configure_logging
 from config.settings import Settings, get_settings
-from config.temporal import EncryptionNotConfigured, connect
+from web.routes import api, auth, codec, intake_form, partner_page, referral_pages, sms_webhook
+from infra.temporal import EncryptionNotConfigured, connect
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
@@ -38,10 +39,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.state.settings = settings
     app.state.client = client
 
-    # Imported here: each part imports `settings_of`/`client_of` from this module.
-    from starter import api, codec_server, forms, partner_page, sms_webhook
-
-    for part in (sms_webhook, api, forms, partner_page, codec_server):
+    for part in (sms_webhook, api, auth, intake_form, referral_pages, partner_page, codec):
         app.include_router(part.router)
 
     @app.get("/healthz", include_in_schema=False)
@@ -51,16 +49,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     return app
 
 
-def settings_of(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def client_of(request: Request) -> Client:
-    return request.app.state.client
-
-
 def __getattr__(name: str):
-    # `uvicorn starter.web:app` builds the app on first access, not at import.
+    # `uvicorn web.app:app` builds the app on first access, not at import.
     if name == "app":
         return create_app()
     raise AttributeError(name)

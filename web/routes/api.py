@@ -20,7 +20,6 @@ replaced for these routes by `_ApiRoute`, which turns it into the field list abo
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any, Callable, Coroutine, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -33,7 +32,9 @@ from starlette.exceptions import HTTPException
 from temporalio.service import RPCError
 
 from config.settings import Settings
-from starter import referrals, web
+from starter import referrals
+from web import deps
+from web.security import authorised
 from workflows.intake import Intake, Region, Service, field_errors
 from workflows.models import (
     PARTNER_ACTIONS,
@@ -151,25 +152,6 @@ def request_errors(errors: list[Any]) -> list[dict[str, str]]:
     return out
 
 
-def _tokens(settings: Settings) -> list[bytes]:
-    return [t.strip().encode() for t in settings.referral_api_tokens.split(",") if t.strip()]
-
-
-def authorised(settings: Settings, header: str | None) -> bool:
-    """Constant time in the token; every configured token is compared."""
-    tokens = _tokens(settings)
-    if not tokens or not header:
-        return False
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        return False
-    candidate = given.strip().encode()
-    ok = False
-    for token in tokens:
-        ok |= hmac.compare_digest(token, candidate)
-    return ok
-
-
 def _is_json(content_type: str | None) -> bool:
     if not content_type:
         return False
@@ -205,7 +187,7 @@ class _ApiRoute(APIRoute):
 
         async def route_handler(request: Request) -> Response:
             try:
-                if not authorised(web.settings_of(request), request.headers.get("authorization")):
+                if not authorised(deps.settings_of(request), request.headers.get("authorization")):
                     return _error(401, "Authorization", "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
                 if request.method in ("POST", "PUT", "PATCH"):
                     body = await _read_capped(request)
@@ -299,8 +281,8 @@ def _status_url(settings: Settings, code: str) -> str:
 )
 async def start(intake: Intake, request: Request, response: Response) -> StartedReferral:
     """Idempotent by `external_ref`: the same one again answers 200 with the existing referral."""
-    settings = web.settings_of(request)
-    started = await referrals.start_referral(web.client_of(request), intake, settings.referral_task_queue)
+    settings = deps.settings_of(request)
+    started = await referrals.start_referral(deps.client_of(request), intake, settings.referral_task_queue)
     url = _status_url(settings, started.code)
     response.status_code = 201 if started.created else 200
     response.headers["Location"] = url
@@ -314,7 +296,7 @@ async def start(intake: Intake, request: Request, response: Response) -> Started
     responses={404: {**_ERRORS, "description": "no such referral"}},
 )
 async def status(code: CodePath, request: Request) -> ReferralStatus:
-    return await referrals.get_status(web.client_of(request), _code(code))
+    return await referrals.get_status(deps.client_of(request), _code(code))
 
 
 @router.get("/referrals", response_model=ReferralList, summary="Referrals from Temporal visibility")
@@ -324,18 +306,18 @@ async def list_(
     region: Annotated[Region | None, Query()] = None,
     overdue: Annotated[bool, Query(description="open referrals past a deadline or escalated")] = False,
 ) -> ReferralList:
-    rows = await referrals.list_referrals(web.client_of(request), referrals.list_query(stage, region, overdue))
+    rows = await referrals.list_referrals(deps.client_of(request), referrals.list_query(stage, region, overdue))
     return ReferralList(referrals=[row for row in rows])
 
 
 async def _act(request: Request, code: str, action: CoordinatorAction, key: str | None) -> ActionOutcome:
-    return await referrals.coordinator_action(web.client_of(request), _code(code), action, _update_id(key, action.action))
+    return await referrals.coordinator_action(deps.client_of(request), _code(code), action, _update_id(key, action.action))
 
 
 @router.post("/referrals/{code}/assign", response_model=ActionOutcome, responses=_UPDATE_RESPONSES, summary="Assign a partner to a service by hand")
 async def assign(code: CodePath, body: AssignBody, request: Request, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
     code = _code(code)
-    _check_partner(web.settings_of(request), body.partner_id, body.service)
+    _check_partner(deps.settings_of(request), body.partner_id, body.service)
     action = CoordinatorAction(action="assign", service=body.service, partner_id=body.partner_id, by=body.by, reason=body.reason)
     return await _act(request, code, action, idempotency_key)
 
@@ -373,7 +355,7 @@ async def withdraw_consent(code: CodePath, request: Request, body: ActionBody | 
 async def reply(code: CodePath, body: ReplyBody, request: Request, idempotency_key: IdempotencyKey = None) -> ReplyOutcome:
     code = _code(code)
     answer = PartnerReply(partner_id=body.partner_id, action=body.action, reason=body.reason, service=body.service, channel="api")
-    return await referrals.partner_reply(web.client_of(request), code, answer, _update_id(idempotency_key, "reply"))
+    return await referrals.partner_reply(deps.client_of(request), code, answer, _update_id(idempotency_key, "reply"))
 
 
 def _check_partner(settings: Settings, partner_id: str, service: str) -> None:

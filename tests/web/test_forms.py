@@ -19,16 +19,18 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.directory import load_directory
 from config.settings import CONFIG_DIR, Settings
-from starter import forms, referrals
-from starter.web import create_app
+from starter import referrals
+from web import i18n, rendering, security
+from web.routes import intake_form, referral_pages
+from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_case, adult_intake
 from tests.conftest import running_worker, wait_for
 from workflows.intake import INDICATORS, REGIONS, SERVICES
 
 PASSWORD = "correct horse battery staple"
 # Few iterations keep the tests fast; the hash records its own count.
-HASH = forms.hash_password(PASSWORD, iterations=1000)
-OTHER_HASH = forms.hash_password("another one", iterations=1000)
+HASH = security.hash_password(PASSWORD, iterations=1000)
+OTHER_HASH = security.hash_password("another one", iterations=1000)
 TOKENS = "tok-first-123,tok-second-456"
 SECRET = "test-session-secret-" + "x" * 24
 DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
@@ -115,30 +117,30 @@ def field_block(html: str, field_id: str) -> str:
 
 
 def test_hash_and_verify() -> None:
-    encoded = forms.hash_password("s3cret", iterations=1200)
+    encoded = security.hash_password("s3cret", iterations=1200)
     assert re.fullmatch(r"pbkdf2_sha256\$1200\$[0-9a-f]{32}\$[0-9a-f]{64}", encoded)
-    assert forms.verify_password("s3cret", encoded)
-    assert not forms.verify_password("s3cret ", encoded)
-    assert not forms.verify_password("", encoded)
-    assert forms.hash_password("s3cret", iterations=1200) != encoded  # a new salt each time
+    assert security.verify_password("s3cret", encoded)
+    assert not security.verify_password("s3cret ", encoded)
+    assert not security.verify_password("", encoded)
+    assert security.hash_password("s3cret", iterations=1200) != encoded  # a new salt each time
     for broken in ("", "s3cret", "md5$1$a$b", encoded.replace("pbkdf2_sha256", "pbkdf2_sha1"), encoded[:-1]):
-        assert not forms.verify_password("s3cret", broken)
-    assert forms.hash_password("x").startswith(f"pbkdf2_sha256${forms.PBKDF2_ITERATIONS}$")
+        assert not security.verify_password("s3cret", broken)
+    assert security.hash_password("x").startswith(f"pbkdf2_sha256${security.PBKDF2_ITERATIONS}$")
 
 
 def test_hash_password_command_prints_a_usable_hash() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "starter.forms", "hash-password", "--iterations", "1000"],
+        [sys.executable, "-m", "web.security", "hash-password", "--iterations", "1000"],
         input="pass phrase\n", capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
     encoded = done.stdout.strip()
-    assert forms.verify_password("pass phrase", encoded)
-    assert forms.parse_logins(f"someone:{encoded}") == {"someone": encoded}
+    assert security.verify_password("pass phrase", encoded)
+    assert security.parse_logins(f"someone:{encoded}") == {"someone": encoded}
 
 
 def test_parse_logins_skips_malformed_entries() -> None:
-    parsed = forms.parse_logins(f" amina:{HASH} , broken, :{HASH}, karim:plaintext, ,omar:{OTHER_HASH}")
+    parsed = security.parse_logins(f" amina:{HASH} , broken, :{HASH}, karim:plaintext, ,omar:{OTHER_HASH}")
     assert parsed == {"amina": HASH, "omar": OTHER_HASH}
 
 
@@ -183,7 +185,7 @@ async def test_login_sets_a_hardened_session_cookie(make_settings) -> None:
         assert response.status_code == 303
         assert response.headers["location"] == "/referrals"
         cookie = response.headers["set-cookie"]
-        assert cookie.startswith(f"{forms.SESSION_COOKIE}=")
+        assert cookie.startswith(f"{security.SESSION_COOKIE}=")
         assert "HttpOnly" in cookie and "samesite=lax" in cookie.lower() and "Secure" not in cookie
         assert "Max-Age=43200" in cookie or "Max-Age=43199" in cookie
         assert (await http.get("/referrals/new")).status_code == 200
@@ -224,16 +226,16 @@ async def test_login_form_needs_its_csrf_token(make_settings) -> None:
 
 
 def _cookie(settings: Settings, **changes: Any) -> str:
-    session = forms.new_session(settings, "amina")
+    session = security.new_session(settings, "amina")
     fields = {**session.__dict__, **changes}
-    return forms.encode_session(settings, forms.Session(**fields))
+    return security.encode_session(settings, security.Session(**fields))
 
 
 async def test_tampered_expired_or_foreign_sessions_are_refused(make_settings) -> None:
     settings = web_settings(make_settings)
     good = _cookie(settings)
     payload, mac = good.split(".")
-    forged_payload = forms._b64(forms._unb64(payload).replace(b'"amina"', b'"admin"'))
+    forged_payload = security._b64(security._unb64(payload).replace(b'"amina"', b'"admin"'))
     candidates = {
         "tampered payload": f"{forged_payload}.{mac}",
         "tampered mac": f"{payload}.{mac[:-2]}AA",
@@ -243,11 +245,11 @@ async def test_tampered_expired_or_foreign_sessions_are_refused(make_settings) -
         "garbage": "not a session at all",
     }
     async with browser_like(settings) as http:
-        http.cookies.set(forms.SESSION_COOKIE, good)
+        http.cookies.set(security.SESSION_COOKIE, good)
         assert (await http.get("/referrals/new")).status_code == 200
     for name, value in candidates.items():
         async with browser_like(settings) as http:
-            http.cookies.set(forms.SESSION_COOKIE, value)
+            http.cookies.set(security.SESSION_COOKIE, value)
             response = await http.get("/referrals/new")
             assert response.status_code == 303, name
             assert response.headers["location"].startswith("/login")
@@ -255,23 +257,23 @@ async def test_tampered_expired_or_foreign_sessions_are_refused(make_settings) -
 
 def test_session_expiry_is_twelve_hours(make_settings) -> None:
     settings = web_settings(make_settings)
-    session = forms.new_session(settings, "amina")
+    session = security.new_session(settings, "amina")
     assert 12 * 3600 - 5 < session.expires - time.time() <= 12 * 3600
-    cookie = forms.encode_session(settings, session)
-    assert forms.decode_session(settings, cookie) == session
-    assert forms.decode_session(settings, cookie, now=session.expires + 1) is None
+    cookie = security.encode_session(settings, session)
+    assert security.decode_session(settings, cookie) == session
+    assert security.decode_session(settings, cookie, now=session.expires + 1) is None
 
 
 async def test_logout_ends_the_session_even_if_the_cookie_is_replayed(make_settings) -> None:
     async with browser_like(web_settings(make_settings)) as http:
         await log_in(http)
         page = await http.get("/referrals/new")
-        old = http.cookies.get(forms.SESSION_COOKIE)
+        old = http.cookies.get(security.SESSION_COOKIE)
         assert (await http.post("/logout", data={})).status_code == 403  # CSRF-protected too
         response = await http.post("/logout", data={"csrf": csrf_of(page.text)})
         assert response.status_code == 303 and response.headers["location"] == "/login?bye=1"
         assert (await http.get("/referrals/new")).status_code == 303
-        http.cookies.set(forms.SESSION_COOKIE, old)
+        http.cookies.set(security.SESSION_COOKIE, old)
         assert (await http.get("/referrals/new")).status_code == 303
 
 
@@ -306,7 +308,7 @@ async def test_language_by_parameter_then_cookie(make_settings) -> None:
         assert '<html lang="fr" dir="ltr">' in page.text and "Connexion de la coordination" in page.text
         page = await http.get("/login?lang=ar")
         assert '<html lang="ar" dir="rtl">' in page.text and "دخول المنسقين" in page.text
-        assert f"{forms.LANG_COOKIE}=ar" in page.headers["set-cookie"]
+        assert f"{i18n.LANG_COOKIE}=ar" in page.headers["set-cookie"]
         page = await http.get("/login")
         assert '<html lang="ar" dir="rtl">' in page.text
         page = await http.get("/login?lang=en")
@@ -316,33 +318,33 @@ async def test_language_by_parameter_then_cookie(make_settings) -> None:
 
 
 def test_every_ui_string_in_three_languages(make_settings) -> None:
-    ui = forms.ui_strings()
+    ui = i18n.ui_strings()
     for section, entries in ui.items():
         for key, translations in entries.items():
-            assert set(translations) == set(forms.LANGS), (section, key)
+            assert set(translations) == set(i18n.LANGS), (section, key)
             assert all(isinstance(v, str) and v.strip() for v in translations.values()), (section, key)
     assert set(ui["indicators"]) == set(INDICATORS)
-    assert set(ui["agencies"]) == set(forms.AGENCIES)
-    assert set(ui["sectors"]) == set(forms.SECTORS)
-    assert set(ui["sex"]) == set(forms.SEXES)
-    assert set(ui["stages"]) == set(forms.STAGES)
+    assert set(ui["agencies"]) == set(intake_form.AGENCIES)
+    assert set(ui["sectors"]) == set(intake_form.SECTORS)
+    assert set(ui["sex"]) == set(intake_form.SEXES)
+    assert set(ui["stages"]) == set(referral_pages.STAGES)
     settings = web_settings(make_settings)
-    for lang in forms.LANGS:
-        words = forms.Words(lang, settings)
+    for lang in i18n.LANGS:
+        words = i18n.Words(lang, settings)
         for service in SERVICES:
             assert words.label("services", service) != service or lang == "en"
         for region in REGIONS:
             assert words.label("regions", region)
     # Every key a template asks for exists
     used = set()
-    for path in forms.TEMPLATES.glob("*.html"):
+    for path in rendering.TEMPLATES.glob("*.html"):
         used |= set(re.findall(r"t\('([a-z_]+)'[,)]", path.read_text()))
     assert len(used) > 50
-    used |= {f"done_{a}" for a in ("assign", "close_service", *forms.WHOLE_ACTIONS)}
-    used |= {f"rej_{k}" for k in forms._REJECTION_KEYS}
+    used |= {f"done_{a}" for a in ("assign", "close_service", *referral_pages.WHOLE_ACTIONS)}
+    used |= {f"rej_{k}" for k in referral_pages._REJECTION_KEYS}
     used |= {f"ev_{o}" for o in ("accepted", "declined", "timed_out", "withdrawn", "reassigned")}
     used |= {f"ev_checkin_{a}" for a in ("ok", "done", "issue", "silence")}
-    used |= set(forms.FIELD_LABELS.values()) | {"reason_unreachable"}
+    used |= set(intake_form.FIELD_LABELS.values()) | {"reason_unreachable"}
     assert used <= set(ui["strings"]), used - set(ui["strings"])
 
 
@@ -351,7 +353,7 @@ async def test_the_form_has_every_intake_field_with_bound_labels(make_settings) 
         await log_in(http)
         page = await http.get("/referrals/new")
         html = page.text
-    for name in forms.FORM_FIELDS:
+    for name in intake_form.FORM_FIELDS:
         assert f'name="{name}"' in html, name
     for value in (*INDICATORS, *SERVICES):
         assert f'value="{value}"' in html
@@ -373,7 +375,7 @@ async def test_csrf_missing_or_wrong_starts_nothing(dev_env, make_settings) -> N
     async with browser_like(settings, dev_env.client) as http:
         await log_in(http)
         page = await http.get("/referrals/new")
-        other = forms.new_session(settings, "amina").csrf
+        other = security.new_session(settings, "amina").csrf
         for csrf in (None, "", "wrong", other, csrf_of(page.text) + "x"):
             data = form_data()
             if csrf is not None:
@@ -608,7 +610,7 @@ def test_service_timeline_orders_and_highlights() -> None:
             FollowUp(number=2, partner_id="p2", due_at=t0 + 200 * hour),
         ],
     )
-    events = forms.service_timeline(service, lambda d: d.isoformat() if d else "", name=lambda p: p.upper())
+    events = referral_pages.service_timeline(service, lambda d: d.isoformat() if d else "", name=lambda p: p.upper())
     assert [e.key for e in events] == [
         "ev_offer", "ev_reminder", "ev_timed_out", "ev_offer", "ev_accepted", "ev_checkin_sent", "ev_checkin_silence", "ev_checkin_due",
     ]

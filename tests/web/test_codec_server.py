@@ -15,11 +15,11 @@ import httpx
 import pytest
 import uvicorn
 
-from config.codec import new_key_entry
+from infra.codec import new_key_entry
 from config.settings import Settings
 from starter import referrals
-from starter.forms import SESSION_COOKIE, encode_session, new_session
-from starter.web import create_app
+from web.security import SESSION_COOKIE, encode_session, new_session
+from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake
 from tests.conftest import free_port
 

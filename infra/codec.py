@@ -2,7 +2,7 @@
 
 Every payload a client or worker sends (workflow and activity inputs and results, update
 arguments, the memo, the static summary and current details, failure messages) goes through
-`EncryptionCodec` (wired into the data converter by `config.temporal.data_converter`). Search
+`EncryptionCodec` (wired into the data converter by `infra.temporal.data_converter`). Search
 attributes are not payloads and stay readable: they hold no personal data by design.
 
 Keys come from REFERRAL_ENCRYPTION_KEYS, comma-separated `kid:base64-of-32-random-bytes`:
@@ -11,7 +11,7 @@ Keys come from REFERRAL_ENCRYPTION_KEYS, comma-separated `kid:base64-of-32-rando
 
 The FIRST key encrypts; every listed key decrypts. Rotation: put a new key first and keep the
 old ones after it for as long as histories written under them are retained. `python -m
-config.codec new-key [KID]` prints a fresh entry.
+infra.codec new-key [KID]` prints a fresh entry.
 
 An encrypted payload is `Payload(metadata={"encoding": "binary/encrypted",
 "encryption-key-id": kid}, data=nonce(12 bytes) + ciphertext + tag)`, where the plaintext is
@@ -165,7 +165,7 @@ class EncryptionCodec(PayloadCodec):
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "new-key" or len(args) > 2:
-        print("usage: python -m config.codec new-key [KID]", file=sys.stderr)
+        print("usage: python -m infra.codec new-key [KID]", file=sys.stderr)
         return 2
     try:
         print(new_key_entry(args[1] if len(args) > 1 else None))

@@ -22,7 +22,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from config.codec import EncryptionCodec
+from infra.codec import EncryptionCodec
 from config.settings import Settings, get_settings
 
 # Buckets of the project's histogram, in seconds: the demo policy's seconds up to two days.
@@ -35,7 +35,7 @@ class EncryptionNotConfigured(RuntimeError):
     def __init__(self) -> None:
         super().__init__(
             "REFERRAL_ENCRYPTION_KEYS is not set: refusing to send personal data to Temporal unencrypted. "
-            "Set it (`python -m config.codec new-key` prints an entry) or, for development only, "
+            "Set it (`python -m infra.codec new-key` prints an entry) or, for development only, "
             "set REFERRAL_ALLOW_PLAINTEXT=true"
         )
 

@@ -29,8 +29,9 @@ from activities import sms_store
 from activities.directory import load_directory
 from activities.sms import read_outbox
 from config.settings import CONFIG_DIR, Settings
-from starter import referrals, sms_webhook
-from starter.web import create_app
+from starter import referrals, sms_reply
+from web.routes import sms_webhook
+from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake, uniform_policy
 from tests.conftest import free_port, running_worker, wait_for
 from workflows.models import CoordinatorAction, ReferralStatus
@@ -109,7 +110,7 @@ class Harness:
 
     def params(self, sender: str, body: str, sid: str | None = None, **extra: str) -> dict[str, str]:
         sid = sid or new_sid()
-        return {**sms_webhook.inbound_form("AC" + "0" * 32, sender, TWILIO_NUMBER, body, sid), **extra}
+        return {**sms_reply.inbound_form("AC" + "0" * 32, sender, TWILIO_NUMBER, body, sid), **extra}
 
     async def post(self, path: str, params: dict[str, str], *, signed_url: str | None = None, token: str = TOKEN, headers: dict[str, str] | None = None) -> httpx.Response:
         url = signed_url or PUBLIC + path
@@ -530,20 +531,20 @@ async def test_reply_command_plays_the_partner(dev_env, make_settings, tmp_path,
         code = await h.start()
         await h.offered(code, "cas-assoc")
         args = argparse.Namespace(sender="0650123441", body=f"A {code}")  # cas-assoc, written as a national number
-        assert await sms_webhook.reply_command(settings, args) == 0
+        assert await sms_reply.reply_command(settings, args) == 0
         out = capsys.readouterr().out
         assert f"R-{code}" in out and "acceptation enregistrée" in out
         assert (await h.status(code)).services[0].attempts[0].outcome == "accepted"
         args = argparse.Namespace(sender=number("cas-assoc"), body="AIDE", xml=True)
-        assert await sms_webhook.reply_command(settings, args) == 0
+        assert await sms_reply.reply_command(settings, args) == 0
         out = capsys.readouterr().out
         assert "Commandes" in out and "<Response><Message>" in out
 
     unreachable = make_settings(twilio_auth_token=TOKEN, public_base_url=f"http://127.0.0.1:{free_port()}")
-    assert await sms_webhook.reply_command(unreachable, argparse.Namespace(sender=number("cas-assoc"), body="AIDE")) == 1
+    assert await sms_reply.reply_command(unreachable, argparse.Namespace(sender=number("cas-assoc"), body="AIDE")) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot reach the web app" in err
 
     no_token = make_settings(twilio_auth_token=None)
-    assert await sms_webhook.reply_command(no_token, argparse.Namespace(sender=number("cas-assoc"), body="AIDE")) == 2
+    assert await sms_reply.reply_command(no_token, argparse.Namespace(sender=number("cas-assoc"), body="AIDE")) == 2
     assert "TWILIO_AUTH_TOKEN" in capsys.readouterr().err

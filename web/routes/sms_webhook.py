@@ -41,19 +41,14 @@ Logs carry the MessageSid, the partner id and the outcome kind: never the body o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import re
-import secrets
 import string
-import sys
 import weakref
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Awaitable, TypeVar
 from urllib.parse import parse_qsl
 
-import httpx
 import structlog
 from fastapi import APIRouter, Request, Response
 from starlette.datastructures import FormData
@@ -72,7 +67,9 @@ from activities.sms_store import (
     stored_reply,
 )
 from config.settings import Settings
+from activities.sms_channel import build_sms_backend
 from starter import referrals
+from starter.sms_reply import INBOUND_PATH, STATUS_PATH, public_url
 from starter.sms_commands import SmsCommand, parse_sms
 from workflows.intake import normalise_phone
 from workflows.models import ChannelReport, PartnerReply
@@ -81,15 +78,12 @@ from workflows.referral import ReferralWorkflow
 log = structlog.get_logger("sms_webhook")
 router = APIRouter()
 
-INBOUND_PATH = "/sms/inbound"
-STATUS_PATH = "/sms/status"
 # All Temporal calls of one webhook request share this budget, well within Twilio's 15 s.
 TEMPORAL_TIMEOUT_SECONDS = 8.0
 # An update still running after the answer went out is given this long before it is left alone.
 LATE_UPDATE_TIMEOUT_SECONDS = 300.0
 # Twilio's forms are a few hundred bytes; a concatenated 1,600-character SMS stays far below.
 MAX_BODY_BYTES = 64 * 1024
-DEV_TO_NUMBER = "+15005550006"  # `referral reply` without TWILIO_FROM_NUMBER
 FAILED_STATUSES = ("undelivered", "failed")
 MAX_LISTED_CODES = 10
 
@@ -105,12 +99,6 @@ _T = TypeVar("_T")
 
 
 # --- signatures ----------------------------------------------------------------------------
-
-
-def public_url(settings: Settings, path: str, query: str = "") -> str:
-    """The URL Twilio signs: PUBLIC_BASE_URL + path (+ ?query), whatever Host the request had."""
-    url = settings.public_base_url.rstrip("/") + path
-    return f"{url}?{query}" if query else url
 
 
 async def _signed_form(request: Request, path: str) -> FormData | None:
@@ -291,8 +279,6 @@ async def _finish_late(settings: Settings, sid: str, number: str, partner_id: st
     await asyncio.to_thread(remember_reply, settings, sid, answer.text)
     if is_opted_out(settings, number):
         return
-    from activities.sms import build_sms_backend
-
     backend = build_sms_backend(settings)
     try:
         await backend.send(number, answer.text, f"sms-reply/{sid}")
@@ -476,72 +462,3 @@ async def sms_status(request: Request) -> Response:
         return Response(status_code=503)
     log.info("sms status recorded", message_sid=sid, partner=partner_id, code=code, status=message_status)
     return done
-
-
-# --- `referral reply`: play the partner ----------------------------------------------------
-
-
-def _messages_of(xml: str) -> list[str]:
-    root = ET.fromstring(xml)
-    return [(m.text or "").strip() for m in root.iter("Message")]
-
-
-def inbound_form(account_sid: str, sender: str, to: str, body: str, sid: str) -> dict[str, str]:
-    """The form Twilio posts to /sms/inbound for one incoming SMS."""
-    return {
-        "AccountSid": account_sid,
-        "ApiVersion": "2010-04-01",
-        "Body": body,
-        "From": sender,
-        "MessageSid": sid,
-        "NumMedia": "0",
-        "NumSegments": "1",
-        "SmsMessageSid": sid,
-        "SmsSid": sid,
-        "SmsStatus": "received",
-        "To": to,
-    }
-
-
-async def reply_command(settings: Settings, args: argparse.Namespace) -> int:
-    """POST a Twilio-signed SMS webhook to the running web app and print its answer."""
-    token = settings.twilio_auth_token
-    if not token:
-        print(
-            "referral: TWILIO_AUTH_TOKEN is not set; the web app refuses unsigned webhooks. Use the web "
-            "app's token (with `make run`, the \"Twilio token\" it prints, e.g. TWILIO_AUTH_TOKEN=dev-local-token).",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        sender = normalise_phone(args.sender)
-    except ValueError:
-        print("referral: --from: not a valid phone number (E.164, e.g. +212650123441)", file=sys.stderr)
-        return 2
-    url = public_url(settings, INBOUND_PATH)
-    sid = "SM" + secrets.token_hex(16)
-    params = inbound_form(
-        settings.twilio_account_sid or "AC" + "0" * 32, sender, settings.twilio_from_number or DEV_TO_NUMBER, args.body, sid
-    )
-    headers = {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, params)}
-    try:
-        async with httpx.AsyncClient(timeout=20.0) as http:
-            response = await http.post(url, data=params, headers=headers)
-    except httpx.HTTPError:
-        print(f"referral: cannot reach the web app at {url} (is `make run` running?)", file=sys.stderr)
-        return 1
-    if response.status_code == 403:
-        print("referral: the web app refused the signature (403): TWILIO_AUTH_TOKEN and PUBLIC_BASE_URL must be the web app's", file=sys.stderr)
-        return 1
-    if response.status_code != 200:
-        print(f"referral: the web app answered HTTP {response.status_code}", file=sys.stderr)
-        return 1
-    try:
-        texts = _messages_of(response.text)
-    except ET.ParseError:
-        print("referral: the web app's answer is not TwiML", file=sys.stderr)
-        return 1
-    print("\n".join(texts) if texts else "(no reply)")
-    if getattr(args, "xml", False):
-        print(response.text)
-    return 0

@@ -21,8 +21,9 @@ import pytest
 import uvicorn
 
 from config.settings import Settings
-from starter import forms, referrals
-from starter.web import create_app
+from starter import referrals
+from web import security
+from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM
 from tests.conftest import free_port, running_worker, wait_for
 from workflows.models import CoordinatorAction
@@ -31,7 +32,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOTS = Path(os.environ.get("REFERRAL_SCREENSHOTS", "/tmp"))
 PASSWORD = "mot de passe de test"
-HASH = forms.hash_password(PASSWORD, iterations=1000)
+HASH = security.hash_password(PASSWORD, iterations=1000)
 PHONE_VIEWPORT = {"width": 390, "height": 844}
 LAPTOP_VIEWPORT = {"width": 1280, "height": 900}
 

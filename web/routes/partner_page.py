@@ -41,7 +41,8 @@ from temporalio.service import RPCError
 from activities.messages import catalogue
 from activities.partner_links import PartnerLinkError, PartnerLinkExpired, verify_partner_link
 from config.settings import Settings
-from starter import referrals, web
+from starter import referrals
+from web import deps
 from workflows.intake import SERVICES
 from workflows.models import PartnerReply, PersonDetails, ReferralStatus, ServiceStatus
 from workflows.referral import ReferralWorkflow
@@ -395,13 +396,13 @@ def _state(status: ReferralStatus, partner_id: str) -> str:
 
 @router.get("/p/{token}", response_class=HTMLResponse)
 async def page(token: str, request: Request, lang: str | None = None, result: str | None = None) -> Response:
-    settings = web.settings_of(request)
+    settings = deps.settings_of(request)
     lang = _lang(lang)
     verified = _verify(settings, token, lang)
     if isinstance(verified, Response):
         return verified
     code, partner_id = verified
-    client = web.client_of(request)
+    client = deps.client_of(request)
     try:
         status = await referrals.get_status(client, code)
         state = _state(status, partner_id)
@@ -498,7 +499,7 @@ async def _read_form(request: Request) -> dict[str, str] | None:
 
 
 async def _answer(token: str, request: Request, action: str) -> Response:
-    settings = web.settings_of(request)
+    settings = deps.settings_of(request)
     lang = _lang(request.query_params.get("lang"))
     verified = _verify(settings, token, lang)
     if isinstance(verified, Response):
@@ -517,7 +518,7 @@ async def _answer(token: str, request: Request, action: str) -> Response:
         if service is not None and service not in SERVICES:
             raise ValueError("service")
         reply = PartnerReply(partner_id=partner_id, action=action, reason=reason, service=service, channel="web")
-        outcome = await referrals.partner_reply(web.client_of(request), code, reply)
+        outcome = await referrals.partner_reply(deps.client_of(request), code, reply)
         result = outcome.outcome
     except (ValueError, ValidationError):
         result = "invalid"

@@ -1,0 +1,272 @@
+"""A referral's page and the list, with the coordinator's actions.
+
+    GET  /referrals              the list (stage filter; `?code=` opens one)
+    GET  /referrals/{code}       the referral: stage, per-service timeline, actions
+    POST /referrals/{code}/actions   assign, close (whole or one service), cancel, withdraw consent
+"""
+
+from __future__ import annotations
+
+
+import asyncio
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
+from temporalio.service import RPCError
+
+from activities.directory import ConfigError, Directory, load_directory
+from config.settings import Settings
+from starter import referrals
+from web.deps import client_of, settings_of
+from workflows.intake import SERVICES
+from workflows.models import STAGE_ORDER, CoordinatorAction, ReferralStatus, ServiceStatus
+
+from web.security import SecureRoute, authenticated_session, csrf_ok, to_login
+from web.i18n import Words, language_of
+from web.rendering import forbidden, not_found, render, unavailable
+import structlog
+
+log = structlog.get_logger(__name__)
+
+STAGES = (*STAGE_ORDER, "escalated")
+
+WHOLE_ACTIONS = ("close", "cancel", "withdraw_consent")
+ACTION_TIMEOUT_SECONDS = 20.0
+
+router = APIRouter(route_class=SecureRoute, include_in_schema=False)
+
+# --- the referral page ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    at: datetime | None
+    key: str
+    values: dict[str, Any]
+    highlight: bool = False
+    future: bool = False
+    reason: str | None = None  # the partner's own words (a decline's reason)
+    reason_key: str | None = None  # or one of ours, translated
+
+
+def service_timeline(
+    service: ServiceStatus, when: Callable[[datetime | None], str], name: Callable[[str], str] = str
+) -> list[Event]:
+    """What happened to one service, oldest first; what is awaited comes last."""
+    events: list[Event] = []
+    for a in service.attempts:
+        p = name(a.partner_id)
+        events.append(Event(a.offered_at, "ev_offer", {"partner": p, "deadline": when(a.deadline)}))
+        if a.reminded:
+            events.append(Event(a.remind_at, "ev_reminder", {"partner": p}))
+        if a.outcome:
+            events.append(
+                Event(
+                    a.replied_at or a.deadline,
+                    f"ev_{a.outcome}",
+                    {"partner": p},
+                    highlight=a.outcome in ("timed_out", "declined"),
+                    reason=a.reason,
+                    reason_key="reason_unreachable" if a.reason == "unreachable" else None,
+                )
+            )
+        elif service.stage != "closed":
+            events.append(Event(a.deadline, "ev_awaiting", {"partner": p}, future=True))
+    if service.accepted_at and service.assigned_by_coordinator and service.partner_id:
+        events.append(Event(service.accepted_at, "ev_assigned", {"partner": name(service.partner_id)}))
+    if service.stage == "escalated":
+        last = max((e.at for e in events if e.at and not e.future), default=None)
+        events.append(Event(last, "ev_ladder_exhausted", {}, highlight=True))
+    for f in service.follow_ups:
+        values = {"n": f.number, "partner": name(f.partner_id), "answer_by": when(f.answer_by)}
+        if f.sent_at:
+            events.append(Event(f.sent_at, "ev_checkin_sent", values))
+        if f.answer:
+            events.append(
+                Event(f.answered_at or f.answer_by, f"ev_checkin_{f.answer}", values, highlight=f.answer in ("issue", "silence"))
+            )
+        elif not f.sent_at and service.stage != "closed":
+            events.append(Event(f.due_at, "ev_checkin_due", values, future=True))
+    if service.completed_at:
+        events.append(Event(service.completed_at, "ev_completed", {}))
+    past = sorted((e for e in events if not e.future), key=lambda e: (e.at is None, e.at or datetime.min))
+    future = sorted((e for e in events if e.future), key=lambda e: e.at or datetime.max)
+    return past + future
+
+
+def _directory(settings: Settings) -> Directory | None:
+    try:
+        return load_directory(settings.referral_partners_file)
+    except ConfigError as err:
+        log.error("web_directory_unreadable", error=str(err))
+        return None
+
+
+def _partners_by_service(directory: Directory | None, status: ReferralStatus) -> dict[str, list[dict[str, Any]]] | None:
+    """For the assign action: active directory partners offering each service, those covering
+    the referral's region first. None when the directory cannot be read."""
+    if directory is None:
+        return None
+    out: dict[str, list[dict[str, Any]]] = {}
+    for service in status.services:
+        partners = [p for p in directory.partners if p.active and service.service in p.services]
+        partners.sort(key=lambda p: (status.region not in p.regions, p.rank, p.id))
+        out[service.service] = [{"id": p.id, "name": p.name, "national": p.national} for p in partners]
+    return out
+
+
+@router.get("/referrals/{code}")
+async def referral_page(request: Request, code: str) -> Response:
+    session = authenticated_session(request)
+    if session is None:
+        return to_login(request)
+    try:
+        code = referrals.normalise_code(code)
+    except ValueError:
+        return not_found(request, session)
+    try:
+        status = await referrals.get_status(client_of(request), code)
+    except referrals.ReferralNotFound:
+        return not_found(request, session)
+    except RPCError as err:
+        log.error("web_status_failed", code=code, error=type(err).__name__)
+        return unavailable(request, session)
+    settings = settings_of(request)
+    words = Words(language_of(request), settings)
+    q = request.query_params
+    directory = _directory(settings)
+
+    def partner_name(partner_id: str) -> str:
+        partner = directory.partner(partner_id) if directory else None
+        return f"{partner.name} ({partner_id})" if partner else partner_id
+
+    def partner_names(ids: list[str]) -> str:
+        return ", ".join(partner_name(i) for i in ids)
+
+    timelines = {s.service: service_timeline(s, words.when, partner_name) for s in status.services}
+    return render(
+        request,
+        "referral.html",
+        session=session,
+        csrf=session.csrf,
+        status=status,
+        ref=f"R-{status.code}",
+        timelines=timelines,
+        partner_name=partner_name,
+        partner_names=partner_names,
+        partners=_partners_by_service(directory, status) if status.stage != "closed" else {},
+        created=q.get("created") == "1",
+        existing=q.get("existing") == "1",
+        done=q.get("done") if q.get("done") in (*WHOLE_ACTIONS, "assign", "close_service") else None,
+        rejected=q.get("rejected") if q.get("rejected") in _REJECTION_KEYS else None,
+        pending=q.get("pending") == "1",
+    )
+
+
+_REJECTION_KEYS = (
+    "unknown_action", "not_offered", "reassigned", "already_applied", "not_applicable",
+    "referral_closed", "invalid", "partner", "confirm",
+)
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+@router.post("/referrals/{code}/actions")
+async def referral_action(request: Request, code: str) -> Response:
+    session = authenticated_session(request)
+    if session is None:
+        return to_login(request)
+    form = await request.form()
+    if not csrf_ok(session, form):
+        log.warning("web_csrf_rejected", route="action")
+        return forbidden(request, session)
+    try:
+        code = referrals.normalise_code(code)
+    except ValueError:
+        return not_found(request, session)
+    settings = settings_of(request)
+    back = f"/referrals/{code}"
+
+    def field(name: str, limit: int = 200) -> str | None:
+        value = form.get(name)
+        return value.strip()[:limit] or None if isinstance(value, str) else None
+
+    action = field("action")
+    service = field("service")
+    partner_id = field("partner_id")
+    reason = field("reason", 1600)
+
+    def refused(kind: str) -> RedirectResponse:
+        return RedirectResponse(f"{back}?{urlencode({'rejected': kind})}", status_code=303)
+
+    if action not in ("assign", *WHOLE_ACTIONS):
+        return refused("unknown_action")
+    if action == "assign":
+        if not service or not partner_id:
+            return refused("invalid")
+        try:
+            partner = load_directory(settings.referral_partners_file).partner(partner_id)
+        except ConfigError:
+            partner = None
+        if partner is None or service not in partner.services:
+            return refused("partner")
+    elif action == "close" and service:
+        pass  # one service: no confirmation needed, the rest of the referral goes on
+    else:
+        service = None
+        if form.get("confirm") != "yes":
+            return refused("confirm")
+    if service is not None and service not in SERVICES:
+        return refused("invalid")
+    nonce = field("nonce")
+    update_id = f"web-{code}-{nonce}" if nonce and _NONCE.match(nonce) else None
+    try:
+        command = CoordinatorAction(action=action, service=service, partner_id=partner_id if action == "assign" else None, reason=reason, by=session.login[:64] if session.login else None)
+        await asyncio.wait_for(
+            referrals.coordinator_action(client_of(request), code, command, update_id=update_id),
+            timeout=ACTION_TIMEOUT_SECONDS,
+        )
+    except ValidationError:
+        return refused("invalid")
+    except referrals.ReferralNotFound:
+        return not_found(request, session)
+    except referrals.ReferralRejected as err:
+        log.info("web_action_rejected", code=code, action=action, kind=err.kind)
+        return refused(err.kind if err.kind in _REJECTION_KEYS else "invalid")
+    except asyncio.TimeoutError:
+        return RedirectResponse(f"{back}?pending=1", status_code=303)
+    except RPCError as err:
+        log.error("web_action_failed", code=code, action=action, error=type(err).__name__)
+        return unavailable(request, session)
+    log.info("web_action", code=code, action=action, service=service, login=session.login)
+    done = "close_service" if action == "close" and service else action
+    return RedirectResponse(f"{back}?done={done}", status_code=303)
+
+
+# --- the list ------------------------------------------------------------------------------
+
+
+@router.get("/referrals")
+async def referral_list(request: Request) -> Response:
+    session = authenticated_session(request)
+    if session is None:
+        return to_login(request)
+    q = request.query_params
+    if q.get("code"):
+        try:
+            return RedirectResponse(f"/referrals/{referrals.normalise_code(q['code'])}", status_code=303)
+        except ValueError:
+            return not_found(request, session)
+    stage = q.get("stage") if q.get("stage") in STAGES else None
+    rows = None
+    try:
+        rows = await referrals.list_referrals(client_of(request), referrals.list_query(stage=stage), limit=200)
+    except RPCError as err:
+        log.error("web_list_failed", error=type(err).__name__)
+    return render(request, "list.html", session=session, csrf=session.csrf, rows=rows, stage=stage, stages=STAGES)
+
