@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults install clean chromium record-histories bench
+.PHONY: run test lint test-faults install clean chromium record-histories bench
 
 install: $(STAMP)
 
@@ -21,9 +21,16 @@ run: $(STAMP)
 chromium:
 	test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
-# Everything but the slow fault tests (marker faults_full); the quick fault tests are included.
-test: $(STAMP) chromium
+# The linters first (seconds), then everything but the slow fault tests (marker faults_full);
+# the quick fault tests are included.
+test: $(STAMP) chromium lint
 	$(PY) -m pytest -m "not faults_full" $(PYTEST_ARGS)
+
+# ruff (rules in pyproject.toml), mypy on the production packages, import-linter's contracts.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The whole fault-injection suite (tests/faults/): worker SIGKILLs, the dev server restarted,
 # SMTP and Twilio outages, a bad number, the web app restarted mid-webhook. Figures are printed.

@@ -210,7 +210,7 @@ def load_policy(path: Path, urgency: str) -> EscalationPolicy:
     except ValidationError as err:
         raise _config_error(path, err) from None
     try:
-        return EscalationPolicy(urgency=urgency, follow_ups=follow_ups, **durations)  # type: ignore[arg-type]
+        return EscalationPolicy(urgency=urgency, follow_ups=follow_ups, **durations)
     except ValidationError as err:
         # A ladder key missing or unknown: name it where it sits in the file
         raise _config_error(path, err, prefix=("urgencies", urgency)) from None

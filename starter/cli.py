@@ -115,6 +115,7 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.command in ("assign", "cancel", "close", "withdraw-consent"):
+        assert code is not None  # these commands take a code (argparse requires it)
         if args.command == "assign":
             _check_partner(settings, args.partner, args.service)
         action = CoordinatorAction(
@@ -124,8 +125,8 @@ async def _run(args: argparse.Namespace) -> int:
             reason=getattr(args, "reason", None),
             by=args.by,
         )
-        outcome = await referrals.coordinator_action(client, code, action)  # type: ignore[arg-type]
-        print(f"R-{outcome.code}: {outcome.action} done, stage {outcome.stage}")
+        done = await referrals.coordinator_action(client, code, action)
+        print(f"R-{done.code}: {done.action} done, stage {done.stage}")
         return 0
 
     if args.command == "list":

@@ -270,9 +270,9 @@ def assess(intake: Intake) -> Assessment:
         bool(person.languages) and not LOCAL_LANGUAGES.intersection(person.languages)
     )
     return Assessment(
-        urgency=urgency,  # type: ignore[arg-type]
-        needs=needs,  # type: ignore[arg-type]
-        withheld_needs=withheld,  # type: ignore[arg-type]
+        urgency=urgency,
+        needs=needs,
+        withheld_needs=withheld,
         minor=person.is_minor,
         interpreter_needed=interpreter,
     )

@@ -3,6 +3,8 @@
 Registered at server start (make run, tests, docker-compose) from `ALL` below.
 """
 
+from collections.abc import Sequence
+
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 REFERRAL_STAGE = SearchAttributeKey.for_keyword("ReferralStage")
@@ -28,7 +30,7 @@ ALL = (
 )
 
 
-def initial(region: str, urgency: str, services: list[str]) -> TypedSearchAttributes:
+def initial(region: str, urgency: str, services: Sequence[str]) -> TypedSearchAttributes:
     """Set at start, so a referral is findable before its first workflow task runs."""
     return TypedSearchAttributes(
         [

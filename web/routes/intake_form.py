@@ -211,7 +211,7 @@ def intake_errors(error: ValidationError, words: Words) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     items = error.errors(include_input=False, include_url=False)
     for item, fe in zip(items, field_errors(error)):
-        field, key, values = _error_key(_form_field(fe["field"]), item, fe["message"])
+        field, key, values = _error_key(_form_field(fe["field"]), dict(item), fe["message"])
         message = words.t(key, **values)
         if message not in out.setdefault(field, []):
             out[field].append(message)
