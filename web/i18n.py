@@ -1,39 +1,32 @@
-"""The coordinators' pages in French (default), Arabic (right to left) or English.
+"""The web pages in French (default), Arabic (right to left) or English.
 
-The language comes from `?lang=` (kept in a cookie) and the words from the catalogue.
+The language comes from `?lang=` (kept in a cookie) and the words from the catalogue
+(infra/translations.py): `page.*` for the coordinators' pages, `partner_page.*` for the partner
+page, `labels.*` for coded values, the same words as in the SMS and emails. A page never fails for
+a catalogue: a text missing from, or a file broken in, REFERRAL_MESSAGES_DIR is taken from the
+catalogues shipped with the code, then from French, then the key itself is shown.
 """
 
 from __future__ import annotations
 
 
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-import yaml
 from fastapi import Request
 
-from activities.messages import catalogue
 from config.settings import Settings
+from infra.translations import DEFAULT_LANGUAGE, LANGUAGES, PACKAGED_MESSAGES_DIR, CatalogueError, Translations, translations
 
-
-
-STRINGS = Path(__file__).resolve().parent / "templates" / "strings.yaml"
-
-LANGS = ("fr", "ar", "en")
-DEFAULT_LANG = "fr"
+LANGS = LANGUAGES
+DEFAULT_LANG = DEFAULT_LANGUAGE
 
 LANG_COOKIE = "referral_lang"
 
 # --- language and rendering ----------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def ui_strings() -> dict[str, dict[str, dict[str, str]]]:
-    return yaml.safe_load(STRINGS.read_text(encoding="utf-8"))
 
 
 def language_of(request: Request) -> str:
@@ -44,21 +37,37 @@ def language_of(request: Request) -> str:
     return kept if kept in LANGS else DEFAULT_LANG
 
 
-class Words:
-    """What templates call `t(...)` and `label(...)`, in one language."""
-
-    def __init__(self, lang: str, settings: Settings) -> None:
-        self.lang = lang
-        self._ui = ui_strings()
+def _catalogues(messages_dir: Path, lang: str) -> list[Translations]:
+    """Where a page looks for a text, in order; unreadable files are left out."""
+    places = [(messages_dir, lang), (PACKAGED_MESSAGES_DIR, lang), (messages_dir, DEFAULT_LANG), (PACKAGED_MESSAGES_DIR, DEFAULT_LANG)]
+    found: list[Translations] = []
+    for directory, language in dict.fromkeys((Path(d).resolve(), la) for d, la in places):
         try:
-            self._labels = catalogue(settings.referral_messages_dir, lang)["labels"]
-        except Exception:  # a broken messages file must not take the form down
-            self._labels = {}
+            found.append(translations(directory, language))
+        except CatalogueError:
+            continue
+    return found
+
+
+class Words:
+    """What templates call `t(...)` and `label(...)`, in one language; `section` names the page's texts."""
+
+    def __init__(self, lang: str, settings: Settings, section: str = "page") -> None:
+        self.lang = lang
+        self.section = section
+        self._catalogues = _catalogues(settings.referral_messages_dir, lang)
         self._tz = ZoneInfo(settings.referral_timezone)
 
+    def text(self, key: str) -> str | None:
+        """The text of a full key (`labels.sex.male`), or None."""
+        for catalogue in self._catalogues:
+            found = catalogue.get(key)
+            if found is not None:
+                return found
+        return None
+
     def t(self, key: str, **values: Any) -> str:
-        entry = self._ui["strings"].get(key)
-        text = entry.get(self.lang) or entry[DEFAULT_LANG] if entry else key
+        text = self.text(f"{self.section}.{key}") or key
         if not values:
             return text
         if self.lang == "ar":
@@ -67,13 +76,14 @@ class Words:
             values = {k: f"\u2068{v}\u2069" for k, v in values.items()}
         return text.format(**values)
 
-    def label(self, kind: str, value: str | None) -> str:
+    def label(self, kind: str, value: str | None, default: str | None = None) -> str:
+        """The word for a coded value (`label("services", "shelter")`); the value itself if none."""
         if value is None:
             return ""
-        if kind in ("services", "regions", "urgency", "age_group", "closed_reason", "problems"):
-            return str(self._labels.get(kind, {}).get(value, value))
-        entry = self._ui.get(kind, {}).get(value)
-        return entry.get(self.lang, value) if entry else value
+        found = self.text(f"labels.{kind}.{value}")
+        if found is not None:
+            return found
+        return value if default is None else default
 
     def when(self, value: datetime | None) -> str:
         if value is None:

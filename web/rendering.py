@@ -1,4 +1,4 @@
-"""Rendering the coordinators' pages: one Jinja2 environment over web/templates, no script."""
+"""Rendering the web pages: one Jinja2 environment over web/templates, no script, no inline style."""
 
 from __future__ import annotations
 
@@ -36,6 +36,11 @@ def _env() -> Environment:
 _ENV = _env()
 
 
+def render_html(template: str, **context: Any) -> str:
+    """A page of web/templates as text, for a route that builds its own response (the partner page)."""
+    return _ENV.get_template(template).render(**context)
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", name.replace(".", "-"))
 
@@ -49,7 +54,8 @@ def render(request: Request, template: str, status_code: int = 200, session: Ses
     lang = language_of(request)
     words = Words(lang, settings)
     context.setdefault("csrf", session.csrf if session else "")
-    html = _ENV.get_template(template).render(
+    html = render_html(
+        template,
         lang=lang,
         dir="rtl" if lang == "ar" else "ltr",
         t=words.t,

@@ -35,8 +35,12 @@ log = structlog.get_logger(__name__)
 
 SESSION_COOKIE = "referral_session"
 
+# Every page (coordinators' and partner's): never cached (Pragma for old proxies), no referrer
+# (the partner page's URL is a capability), not indexed, not framed; styles from our own
+# stylesheets only, no script at all.
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
+    "Pragma": "no-cache",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",

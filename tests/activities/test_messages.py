@@ -1,4 +1,4 @@
-"""The message catalogues (config/messages/{en,fr,ar}.yaml) and their rendering.
+"""The messages of the catalogues (config/messages/{en,fr,ar}.po, `message.*`) and their rendering.
 
 Every template renders in every language with the same placeholders, SMS stay short and carry the
 code, and nothing that identifies the person can reach a message.
@@ -7,16 +7,16 @@ code, and nothing that identifies the person can reach a message.
 from __future__ import annotations
 
 import re
-import string
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import get_args
 
 import pytest
-import yaml
+from babel.messages.pofile import read_po, write_po
 from pydantic import ValidationError
 
-from activities.messages import TemplateError, render
+from activities.messages import render
+from infra.translations import Translations, UnknownPlaceholder, placeholders, translations
 from workflows.intake import REGIONS, SERVICES
 from workflows.models import Notice, NoticeContext, NoticeTemplate
 
@@ -37,14 +37,13 @@ PERSON = {"pseudonym": "Amina K.", "contact_phone": "+212650123456", "notes": "l
 ARABIC = re.compile(r"[\u0600-\u06FF]")
 
 
-def _raw(lang: str) -> dict:
-    return yaml.safe_load((MESSAGES_DIR / f"{lang}.yaml").read_text(encoding="utf-8"))
+def _raw(lang: str) -> Translations:
+    return translations(MESSAGES_DIR, lang)
 
 
-def _placeholders(text: str | None) -> set[str]:
-    if not text:
-        return set()
-    return {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
+def _template(lang: str, template: str) -> dict[str, str]:
+    """{"sms": ..., "subject": ..., "body": ...} of one notice template (no "sms": email only)."""
+    return _raw(lang).section(f"message.{template}")
 
 
 def _context(**overrides) -> NoticeContext:
@@ -88,13 +87,13 @@ def _longest_key(labels: dict) -> str:
 
 def _worst_context(lang: str) -> NoticeContext:
     """The context whose labels are the longest in this language, for the SMS length check."""
-    labels = _raw(lang)["labels"]
+    labels = _raw(lang).labels
     return _context(
-        urgency=_longest_key(labels["urgency"]),
-        region=_longest_key({k: v for k, v in labels["regions"].items() if k in REGIONS}),
-        service=_longest_key({k: v for k, v in labels["services"].items() if k in SERVICES}),
-        closed_reason=_longest_key(labels["closed_reason"]),
-        problem=_longest_key(labels["problems"]),
+        urgency=_longest_key(labels("urgency")),
+        region=_longest_key({k: v for k, v in labels("regions").items() if k in REGIONS}),
+        service=_longest_key({k: v for k, v in labels("services").items() if k in SERVICES}),
+        closed_reason=_longest_key(labels("closed_reason")),
+        problem=_longest_key(labels("problems")),
         partner_id="nat-interp-solidaires",
         escalation_level=12,
         checkin_number=14,
@@ -111,7 +110,10 @@ def _all_text(message) -> str:
 
 def test_catalogues_cover_every_template():
     for lang in LANGS:
-        assert set(_raw(lang)["templates"]) == set(TEMPLATES), lang
+        written = {key.split(".")[1] for key in _raw(lang).texts if key.count(".") == 2 and key.startswith("message.")}
+        assert written == set(TEMPLATES), lang
+        for template in TEMPLATES:
+            assert {"subject", "body"} <= set(_template(lang, template)), (lang, template)
 
 
 @pytest.mark.parametrize("lang", LANGS)
@@ -122,7 +124,7 @@ def test_every_template_renders(lang: str, template: str):
     assert f"R-{CODE}" in message.subject
     assert f"R-{CODE}" in message.body
     assert "{" not in message.subject and "}" not in message.subject
-    has_sms = bool(_raw(lang)["templates"][template].get("sms"))
+    has_sms = bool(_template(lang, template).get("sms"))
     if has_sms:
         assert message.sms is not None
         assert CODE in message.sms
@@ -142,11 +144,11 @@ def test_sms_stays_short_with_the_longest_labels(lang: str, template: str):
 
 @pytest.mark.parametrize("lang", LANGS)
 def test_labels_are_used_not_raw_keys(lang: str):
-    labels = _raw(lang)["labels"]
+    labels = _raw(lang).labels
     message = render(_notice("offer"), lang, MESSAGES_DIR, TZ, link=LINK)
-    assert labels["services"]["shelter"] in message.sms
-    assert labels["regions"]["fes-meknes"] in message.sms
-    assert labels["age_group"]["minor"] in message.body
+    assert labels("services")["shelter"] in message.sms
+    assert labels("regions")["fes-meknes"] in message.sms
+    assert labels("age_group")["minor"] in message.body
     assert LINK in message.body
     assert "12/05 14:30" in message.sms and "12/05 14:30" in message.body  # local time, not UTC
 
@@ -158,46 +160,43 @@ def test_catalogues_have_identical_keys():
     en = _raw("en")
     for lang in ("fr", "ar"):
         other = _raw(lang)
-        assert set(other) == set(en), lang
-        assert set(other["templates"]) == set(en["templates"]), lang
-        for name, entry in en["templates"].items():
-            assert set(other["templates"][name]) == set(entry), (lang, name)
-        assert set(other["labels"]) == set(en["labels"]), lang
+        assert set(other.texts) == set(en.texts), (lang, set(other.texts) ^ set(en.texts))
+        for name in TEMPLATES:
+            assert set(_template(lang, name)) == set(_template("en", name)), (lang, name)
         for section in LABEL_SECTIONS:
-            assert set(other["labels"][section]) == set(en["labels"][section]), (lang, section)
+            assert set(other.labels(section)) == set(en.labels(section)), (lang, section)
 
 
 @pytest.mark.parametrize("lang", LANGS)
 def test_every_region_and_service_has_a_label(lang: str):
-    labels = _raw(lang)["labels"]
-    assert set(REGIONS) <= set(labels["regions"]), lang
-    assert set(SERVICES) <= set(labels["services"]), lang
-    assert set(labels["urgency"]) == {"normal", "urgent", "emergency"}
+    labels = _raw(lang).labels
+    assert set(REGIONS) <= set(labels("regions")), lang
+    assert set(SERVICES) <= set(labels("services")), lang
+    assert set(labels("urgency")) == {"normal", "urgent", "emergency"}
     for section in LABEL_SECTIONS:
-        for key, value in labels[section].items():
+        for key, value in labels(section).items():
             assert isinstance(value, str) and value.strip(), (lang, section, key)
-    # "yes" and "no" must be quoted in YAML, or they load as booleans
-    assert isinstance(labels["yes"], str) and isinstance(labels["no"], str)
-    assert True not in labels and False not in labels
+    assert _raw(lang)["labels.yes"].strip() and _raw(lang)["labels.no"].strip()
 
 
 @pytest.mark.parametrize("lang", ("fr", "ar"))
 def test_placeholders_match_english(lang: str):
     en, other = _raw("en"), _raw(lang)
-    for name, entry in en["templates"].items():
+    for name in TEMPLATES:
+        entry = _template("en", name)
         for part in ("sms", "subject", "body"):
-            theirs = _placeholders(other["templates"][name].get(part))
-            assert theirs == _placeholders(entry.get(part)), (lang, name, part)
-    for key in ("footer", "no_link"):
-        assert _placeholders(other[key]) == _placeholders(en[key]), (lang, key)
+            theirs = placeholders(_template(lang, name).get(part))
+            assert theirs == placeholders(entry.get(part)), (lang, name, part)
+    for key in ("message.footer", "message.no_link"):
+        assert placeholders(other[key]) == placeholders(en[key]), (lang, key)
 
 
 @pytest.mark.parametrize("lang", LANGS)
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_reply_commands_stay_literal(lang: str, template: str):
     """The SMS webhook parses A/D/OK/DONE/ISSUE in every language; translations keep them."""
-    en_sms = _raw("en")["templates"][template].get("sms") or ""
-    sms = _raw(lang)["templates"][template].get("sms") or ""
+    en_sms = _template("en", template).get("sms") or ""
+    sms = _template(lang, template).get("sms") or ""
     for command in ("A", "D", "OK", "DONE", "ISSUE"):
         if f"{command} {{code}}" in en_sms:
             assert f"{command} {{code}}" in sms, (lang, template, command)
@@ -207,11 +206,11 @@ def test_reply_commands_stay_literal(lang: str, template: str):
 
 def test_french_is_french():
     fr = _raw("fr")
-    assert "Répondez A {code}" in fr["templates"]["offer"]["sms"]
-    assert "OUI {code}" in fr["templates"]["offer"]["body"]
-    assert fr["labels"]["regions"]["fes-meknes"] == "Fès-Meknès"
-    assert fr["labels"]["regions"]["rabat-sale-kenitra"] == "Rabat-Salé-Kénitra"
-    assert fr["labels"]["regions"]["laayoune-sakia-el-hamra"] == "Laâyoune-Sakia El Hamra"
+    assert "Répondez A {code}" in fr["message.offer.sms"]
+    assert "OUI {code}" in fr["message.offer.body"]
+    assert fr.labels("regions")["fes-meknes"] == "Fès-Meknès"
+    assert fr.labels("regions")["rabat-sale-kenitra"] == "Rabat-Salé-Kénitra"
+    assert fr.labels("regions")["laayoune-sakia-el-hamra"] == "Laâyoune-Sakia El Hamra"
     message = render(_notice("offer"), "fr", MESSAGES_DIR, TZ, link=LINK)
     assert "Répondez" in message.sms and "hébergement" in message.sms
     assert "orientation" in message.body and "aucune donnée personnelle" in message.body
@@ -220,15 +219,15 @@ def test_french_is_french():
 def test_arabic_is_arabic():
     ar = _raw("ar")
     for section in ("regions", "services", "urgency", "age_group", "closed_reason", "problems"):
-        for key, value in ar["labels"][section].items():
+        for key, value in ar.labels(section).items():
             assert ARABIC.search(value), (section, key)
-    assert ar["labels"]["regions"]["casablanca-settat"] == "الدار البيضاء-سطات"
+    assert ar.labels("regions")["casablanca-settat"] == "الدار البيضاء-سطات"
     for template in TEMPLATES:
         message = render(_notice(template), "ar", MESSAGES_DIR, TZ, link=LINK)
         for part in (message.sms, message.subject, message.body):
             if part is not None:
                 assert ARABIC.search(part), template
-    assert "نعم {code}" in ar["templates"]["offer"]["body"]
+    assert "نعم {code}" in ar["message.offer.body"]
 
 
 # --- no personal data ------------------------------------------------------------------------
@@ -254,10 +253,12 @@ def test_person_never_in_a_message(lang: str):
 
 
 def test_unknown_placeholder_fails_loudly(tmp_path: Path):
-    catalogue = _raw("en")  # a copy of the English catalogue with one bad template
-    catalogue["templates"]["offer"]["sms"] = "{ref}: {service} for {pseudonym}. Reply A {code}."
-    (tmp_path / "en.yaml").write_text(yaml.safe_dump(catalogue, allow_unicode=True), encoding="utf-8")
-    with pytest.raises(TemplateError, match="pseudonym"):
+    with (MESSAGES_DIR / "en.po").open("rb") as fh:  # a copy of the English catalogue with one bad template
+        catalogue = read_po(fh, locale="en")
+    catalogue["message.offer.sms"].string = "{ref}: {service} for {pseudonym}. Reply A {code}."
+    with (tmp_path / "en.po").open("wb") as fh:
+        write_po(fh, catalogue)
+    with pytest.raises(UnknownPlaceholder, match="pseudonym"):
         render(_notice("offer"), "en", tmp_path, TZ, link=LINK)
     # the untouched templates of that catalogue still render
     assert render(_notice("reminder"), "en", tmp_path, TZ, link=LINK).sms

@@ -201,7 +201,7 @@ async def test_arabic_form_renders_right_to_left(browser, site: Site) -> None:
         assert await page.get_attribute("html", "lang") == "ar"
         assert await page.evaluate("getComputedStyle(document.body).direction") == "rtl"
         assert await page.text_content("h1") == "إحالة جديدة"
-        assert "حماية الطفولة" in await page.text_content("#f-needs")  # a service label from config/messages/ar.yaml
+        assert "حماية الطفولة" in await page.text_content("#f-needs")  # a service label from config/messages/ar.po
         # Right to left really: the submit button sits on the right-hand side of the form
         form = await page.locator("form.intake").bounding_box()
         button = await page.locator(".submit button").bounding_box()

@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import get_args
 
 import httpx
 import pytest
@@ -24,8 +25,11 @@ from activities.sms import read_outbox
 from config.settings import CONFIG_DIR, Settings
 from starter import referrals
 from web.app import create_app
+from web.security import SECURITY_HEADERS
+from infra.translations import LANGUAGES, PACKAGED_MESSAGES_DIR, translations
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake
 from tests.conftest import running_worker, wait_for
+from workflows.intake import Person
 from workflows.models import CoordinatorAction
 
 SECRET = "partner-link-test-secret-0123456789abcdef"
@@ -86,9 +90,16 @@ def assert_no_personal_data(text: str) -> None:
 
 def assert_private_headers(r: httpx.Response) -> None:
     assert r.headers["Cache-Control"] == "no-store"
+    assert r.headers["Pragma"] == "no-cache"
     assert r.headers["Referrer-Policy"] == "no-referrer"
     assert r.headers["X-Robots-Tag"].startswith("noindex")
     assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    # One policy for every page: the coordinators' strict CSP, no inline style, no script.
+    for name, value in SECURITY_HEADERS.items():
+        assert r.headers[name] == value, name
+    assert "unsafe-inline" not in r.headers["Content-Security-Policy"]
+    if r.headers.get("content-type", "").startswith("text/html"):
+        assert "<style" not in r.text and " style=" not in r.text and "<script" not in r.text.lower()
 
 
 def nonce(page: httpx.Response) -> str:
@@ -140,6 +151,9 @@ async def test_emailed_link_shows_the_offer_then_details_after_accepting(site, s
     assert 'lang="fr"' in page.text and 'dir="ltr"' in page.text
     assert_no_personal_data(page.text)
     assert f'action="{link}/accept"' in page.text
+    assert '<link rel="stylesheet" href="/static/forms/partner.css">' in page.text
+    css = await site.http.get("/static/forms/partner.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css") and "section.person" in css.text
 
     accepted = await site.http.post(f"{link}/accept", data={"csrf": nonce(page), "service": "shelter", "lang": "fr"})
     assert accepted.status_code == 303
@@ -310,3 +324,16 @@ def test_offer_reminder_and_assigned_emails_carry_the_link(make_settings, langua
     bare = ReferralActivities(make_settings(public_base_url="https://nrm.example.ma"))
     message = bare._render(Notice(recipient="partner", recipient_id="cas-assoc", template="offer", context=context), contact)
     assert "/p/" not in message.body
+
+
+def test_every_partner_page_text_in_three_languages():
+    """The page's words are the catalogue's `partner_page.*`; each state, result and refusal has one."""
+    keys = {
+        *(f"state.{s}" for s in ("offered", "held", "completed", "passed", "not_offered", "closed")),
+        *(f"result.{r}" for r in ("accepted", "declined", "already_applied", "reassigned", "not_offered", "referral_closed", "not_applicable", "invalid")),
+        *(f"sexes.{s}" for s in get_args(Person.model_fields["sex"].annotation)),
+        "invalid_link", "expired_link", "csrf", "not_found", "unavailable", "none", "title", "footer",
+    }
+    for lang in LANGUAGES:
+        section = translations(PACKAGED_MESSAGES_DIR, lang).section("partner_page")
+        assert keys <= set(section), (lang, keys - set(section))

@@ -13,8 +13,8 @@ referral); the body is parsed (`starter.sms_commands`); STOP records the opt-out
 open referral of that partner (`report_channel_problem`), START removes it; HELP lists the
 commands and the sender's open codes; a reply without a code applies only when the sender has
 exactly one open referral (visibility: `ReferralPartners`), otherwise the answer lists them.
-The update's outcome or rejection becomes a reply in the partner's language (`replies:` in
-config/messages/<lang>.yaml): the code and what happened, never anything about the person.
+The update's outcome or rejection becomes a reply in the partner's language (`sms_reply.*` in
+config/messages/<lang>.po): the code and what happened, never anything about the person.
 
 Twice the same MessageSid, once the effect:
 - the answer given to each MessageSid is kept in `<REFERRAL_DATA_DIR>/sms_webhook.sqlite3`
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import string
 import weakref
 from dataclasses import dataclass
 from typing import Awaitable, TypeVar
@@ -58,7 +57,6 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from activities.directory import ConfigError, Partner, load_directory
-from activities.messages import LANGUAGES, catalogue
 from activities.sms_store import (
     clear_opt_out,
     is_opted_out,
@@ -67,6 +65,7 @@ from activities.sms_store import (
     stored_reply,
 )
 from config.settings import Settings
+from infra.translations import DEFAULT_LANGUAGE, LANGUAGES, translations
 from activities.sms_channel import build_sms_backend
 from starter import referrals
 from starter.sms_reply import INBOUND_PATH, STATUS_PATH, public_url
@@ -131,26 +130,21 @@ async def _signed_form(request: Request, path: str) -> FormData | None:
 # --- replies -------------------------------------------------------------------------------
 
 
-class _Strict(dict):
-    def __missing__(self, key: str) -> str:
-        raise KeyError(f"replies: unknown placeholder {{{key}}}")
-
-
 def reply_text(settings: Settings, language: str, key: str, **values: object) -> str:
     if language not in LANGUAGES:
-        language = "fr"
-    cat = catalogue(settings.referral_messages_dir, language)
+        language = DEFAULT_LANGUAGE
+    words = translations(settings.referral_messages_dir, language)
     if "code" in values:
         values.setdefault("ref", f"R-{values['code']}")
     if "services" in values:
-        labels = cat["labels"]["services"]
-        values["services"] = ", ".join(labels.get(s, s) for s in values["services"])  # type: ignore[union-attr]
-    return string.Formatter().vformat(cat["replies"][key], (), _Strict(values)).strip()
+        labels = words.labels("services")
+        values["services"] = ", ".join(labels.get(s, s) for s in values["services"])  # type: ignore[attr-defined]
+    return words.format(f"sms_reply.{key}", **values).strip()
 
 
 def neutral_text(settings: Settings) -> str:
     """For a number not in the directory: the same words whatever it sent, in all three languages."""
-    return "\n".join(reply_text(settings, lang, "unknown_sender") for lang in ("fr", "ar", "en"))
+    return "\n".join(reply_text(settings, lang, "unknown_sender") for lang in LANGUAGES)
 
 
 def twiml(text: str) -> Response:
