@@ -216,9 +216,11 @@ def decode_session(settings: Settings, value: str | None, now: float | None = No
         expires, fields = _signing(settings, SESSION_PURPOSE).verify(value, now, max_length=MAX_COOKIE)
     except BadToken:
         return None
-    if len(fields) != 2 or not isinstance(fields[0], str) or not (fields[1] is None or isinstance(fields[1], str)):
+    if len(fields) != 2:
         return None
     sid, login = fields
+    if not isinstance(sid, str) or not (login is None or isinstance(login, str)):
+        return None
     if session_store.is_revoked(settings, sid):
         return None
     return Session(sid=sid, login=login, csrf=_csrf_token(settings, sid, expires), expires=float(expires))
