@@ -1,25 +1,25 @@
 """Signed, expiring links to the partner details page: `PUBLIC_BASE_URL/p/<token>`.
 
-A token binds one referral code, one partner id and an expiry, signed with HMAC-SHA256 under
-`PARTNER_LINK_SECRET`:
+A token binds one referral code, one partner id and an expiry, signed under
+`PARTNER_LINK_SECRET` with the service's one signing scheme (infra/signing.py, itsdangerous
+HMAC-SHA256, purpose "partner-link"):
 
-    token = b64url("v1|<CODE>|<partner_id>|<expiry unix seconds>") + "." + b64url(hmac)
+    token = b64url('[<expiry unix seconds>,"<CODE>","<partner_id>"]') + "." + b64url(hmac)
 
-Nothing in it is personal (a referral code and a partner id); it is a capability, though, so it
-is only sent by email to the partner it names. The signature is checked (constant time) before
-anything in the payload is trusted, then the expiry.
+about 90 characters. Nothing in it is personal (a referral code and a partner id); it is a
+capability, though, so it is only sent by email to the partner it names. The signature is checked
+(constant time) before anything in the payload is trusted, then the expiry.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import re
 from datetime import datetime, timedelta, timezone
 
-_VERSION = "v1"
+from infra.signing import BadToken, ExpiredToken, Signing
+
+_PURPOSE = "partner-link"
+_MAX_TOKEN = 512
 _CODE = re.compile(r"^[0-9A-Z]{5}$")
 _PARTNER = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # Partner notices whose email carries the link (the templates place it with {link}).
@@ -38,23 +38,6 @@ class PartnerLinkExpired(PartnerLinkError):
     """Genuine, but past its expiry."""
 
 
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
-        raise PartnerLinkInvalid("the link is not valid")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise PartnerLinkInvalid("the link is not valid") from None
-
-
-def _mac(secret: str, payload: bytes) -> bytes:
-    return hmac.new(secret.encode("utf-8"), b"partner-link|" + payload, hashlib.sha256).digest()
-
-
 def sign_partner_link(secret: str, code: str, partner_id: str, expires_at: datetime) -> str:
     if not secret:
         raise ValueError("partner_link_secret: required to sign partner links")
@@ -64,30 +47,25 @@ def sign_partner_link(secret: str, code: str, partner_id: str, expires_at: datet
         raise ValueError("partner_id: not a partner id")
     if expires_at.tzinfo is None:
         raise ValueError("expires_at: must include a time zone")
-    payload = f"{_VERSION}|{code}|{partner_id}|{int(expires_at.timestamp())}".encode("ascii")
-    return f"{_b64encode(payload)}.{_b64encode(_mac(secret, payload))}"
+    return Signing(secret, _PURPOSE).sign([code, partner_id], expires_at.timestamp())
 
 
 def verify_partner_link(secret: str | None, token: str, now: datetime | None = None) -> tuple[str, str]:
     """(code, partner_id) of a genuine, unexpired token; PartnerLinkInvalid / PartnerLinkExpired otherwise."""
     if not secret:
         raise PartnerLinkInvalid("partner links are not configured")
-    if len(token) > 512 or token.count(".") != 1:
-        raise PartnerLinkInvalid("the link is not valid")
-    payload_text, mac_text = token.split(".")
-    payload = _b64decode(payload_text)
-    given = _b64decode(mac_text)
-    if not hmac.compare_digest(given, _mac(secret, payload)):
-        raise PartnerLinkInvalid("the link is not valid")
+    at = (now or datetime.now(timezone.utc)).timestamp()
     try:
-        version, code, partner_id, expiry = payload.decode("ascii").split("|")
-        expires_at = datetime.fromtimestamp(int(expiry), timezone.utc)
-    except (UnicodeDecodeError, ValueError, OverflowError, OSError):
+        _, fields = Signing(secret, _PURPOSE).verify(token, now=at, max_length=_MAX_TOKEN)
+    except ExpiredToken:
+        raise PartnerLinkExpired("the link has expired") from None
+    except BadToken:
         raise PartnerLinkInvalid("the link is not valid") from None
-    if version != _VERSION or not _CODE.match(code) or not _PARTNER.match(partner_id):
+    if len(fields) != 2:
         raise PartnerLinkInvalid("the link is not valid")
-    if (now or datetime.now(timezone.utc)) >= expires_at:
-        raise PartnerLinkExpired("the link has expired")
+    code, partner_id = fields
+    if not isinstance(code, str) or not isinstance(partner_id, str) or not _CODE.match(code) or not _PARTNER.match(partner_id):
+        raise PartnerLinkInvalid("the link is not valid")
     return code, partner_id
 
 

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     referral_api_tokens: str = Field(default="", description="comma-separated bearer tokens")
 
     # Partner details page (issue 4): partner emails carry PUBLIC_BASE_URL/p/<token>, a link
-    # signed with HMAC-SHA256 under this key (activities/partner_links.py). Unset: emails carry
+    # signed under this key (activities/partner_links.py, infra/signing.py). Unset: emails carry
     # no link and the page refuses every token. Changing it invalidates every link sent.
     partner_link_secret: str | None = Field(default=None, min_length=32)
     partner_link_ttl_hours: int = Field(default=72, ge=1, le=24 * 90)
@@ -87,9 +87,10 @@ class Settings(BaseSettings):
     # `python -m web.security hash-password` prints a hash for COORDINATOR_LOGINS. Login `api`
     # also accepts any token of REFERRAL_API_TOKENS as its password.
     coordinator_logins: str = Field(
-        default="", description="comma-separated login:pbkdf2_sha256$<iterations>$<salt>$<hex> entries"
+        default="", description="comma-separated login:$argon2id$v=19$m=...,t=...,p=...$<salt>$<hash> entries"
     )
-    # HMAC key of the session cookie; empty: a random key per process (sessions end at restart)
+    # Key of the session cookie and CSRF tokens; empty: a random key made once and kept in
+    # REFERRAL_DATA_DIR/web-session.key (0600), shared by every web process using that directory
     web_session_secret: str = ""
     web_session_hours: float = 12.0
 

@@ -17,6 +17,7 @@ from infra.logs import configure_logging
 from config.settings import Settings, get_settings
 from web.routes import api, auth, codec, intake_form, partner_page, referral_pages, sms_webhook
 from infra.temporal import EncryptionNotConfigured, connect
+from web.security import startup_checks
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
@@ -33,6 +34,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
                 # Refuse to start: the web app would send intakes to Temporal in plaintext.
                 structlog.get_logger("web").error("web app refused to start", reason=str(err))
                 raise
+        # Before the first request: warnings about COORDINATOR_LOGINS, the shared session key.
+        startup_checks(settings)
         yield
 
     app = FastAPI(title="Referral orchestrator", lifespan=lifespan)

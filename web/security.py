@@ -1,36 +1,43 @@
 """Who may use the web app, in one place: passwords, the session cookie, CSRF, security headers.
 
-Sessions are a signed cookie holding the login, a CSRF token and the expiry; every POST of the
-coordinators' pages carries that token in a hidden field. Logins come from COORDINATOR_LOGINS,
-and the login `api` also accepts any token of REFERRAL_API_TOKENS (which is also the JSON API's
-and the codec server's bearer). `python -m web.security hash-password` makes a login's hash.
+Passwords: argon2id hashes (pwdlib) in COORDINATOR_LOGINS, `login:$argon2id$...` entries
+separated by commas (the commas inside a hash's `m=...,t=...,p=...` are recognised as such);
+`python -m web.security hash-password` makes one. The login `api` also accepts any token of
+REFERRAL_API_TOKENS (which is also the JSON API's and the codec server's bearer).
+
+Sessions: a cookie signed with the one signing scheme (infra/signing.py, purpose "web-session")
+holding the session id, the login and the expiry; the CSRF token of a session is that scheme's
+token over its id (purpose "web-csrf"), so it is bound to the session and expires with it.
+Every POST of the coordinators' pages carries it in a hidden field. Logout is recorded in the
+shared store (web/session_store.py), so every web process refuses the cookie afterwards.
 """
 
 from __future__ import annotations
 
 
-import base64
-import hashlib
 import hmac
-import json
 import re
 import secrets
 import sys
 import time
 from dataclasses import dataclass
+from functools import cache, lru_cache
 from typing import Any, Callable
 from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
 
 from config.settings import Settings
+from infra.signing import BadToken, Signing
+from web import session_store
 from web.deps import settings_of
 import structlog
 
 log = structlog.get_logger(__name__)
-
 
 
 SESSION_COOKIE = "referral_session"
@@ -71,49 +78,69 @@ class SecureRoute(APIRoute):
 
 # --- passwords -----------------------------------------------------------------------------
 
-PBKDF2_ITERATIONS = 600_000
-_HASH = re.compile(r"^pbkdf2_sha256\$(\d{1,9})\$([A-Za-z0-9./+_-]{1,128})\$([0-9a-f]{64})$")
+_HASHER = PasswordHash((Argon2Hasher(),))
+# What `hash-password` prints: argon2id, its version and parameters, salt, digest (pwdlib's defaults).
+_ARGON2 = re.compile(r"^\$argon2id\$v=19\$m=\d{1,8},t=\d{1,4},p=\d{1,3}\$[A-Za-z0-9+/]{22,88}\$[A-Za-z0-9+/]{43,128}$")
+_OLD_PBKDF2 = "pbkdf2_sha256$"
+# A piece after a comma that continues an argon2 hash's parameters rather than starting an entry.
+_HASH_PARAMETER = re.compile(r"^[tp]=\d")
+_OPEN_PARAMETERS = re.compile(r"\$m=\d+(?:,t=\d+)?$")
 
 
-def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS, salt: str | None = None) -> str:
-    """`pbkdf2_sha256$<iterations>$<salt>$<hex>` for COORDINATOR_LOGINS."""
+def hash_password(password: str) -> str:
+    """`$argon2id$v=19$m=65536,t=3,p=4$<salt>$<digest>` for COORDINATOR_LOGINS."""
     if not password:
         raise ValueError("password: empty")
-    salt = salt or secrets.token_hex(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations).hex()
-    return f"pbkdf2_sha256${iterations}${salt}${digest}"
+    return _HASHER.hash(password)
 
 
 def verify_password(password: str, encoded: str) -> bool:
-    match = _HASH.match(encoded)
-    if not match or not password:
+    if not password or not _ARGON2.match(encoded or ""):
         return False
-    iterations, salt, expected = int(match[1]), match[2], match[3]
-    if iterations < 1:
-        return False
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations).hex()
-    return hmac.compare_digest(digest, expected)
+    return _HASHER.verify(password, encoded)
 
 
-# Spent on an unknown login, so that it takes as long as a wrong password for a known one.
-_DUMMY_HASH = hash_password(secrets.token_hex(8), salt="dummy-salt-for-timing")
+@cache
+def _dummy_hash() -> str:
+    """Spent on an unknown login, so that it takes as long as a wrong password for a known one."""
+    return hash_password(secrets.token_hex(16))
 
 
-def parse_logins(text: str) -> dict[str, str]:
-    """COORDINATOR_LOGINS -> {login: hash}; a malformed entry is skipped with a warning."""
+def _entries(text: str) -> list[str]:
+    entries: list[str] = []
+    for piece in (text or "").split(","):
+        piece = piece.strip()
+        if entries and _HASH_PARAMETER.match(piece) and _OPEN_PARAMETERS.search(entries[-1]):
+            entries[-1] += "," + piece
+        elif piece:
+            entries.append(piece)
+    return entries
+
+
+@lru_cache(maxsize=8)
+def _parsed_logins(text: str) -> tuple[tuple[str, str], ...]:
     out: dict[str, str] = {}
-    for entry in (text or "").split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
+    for entry in _entries(text):
         login, _, encoded = entry.partition(":")
         login, encoded = login.strip(), encoded.strip()
-        if not login or not _HASH.match(encoded):
-            # Never log the entry itself: it holds a hash.
+        # Never log the entry itself: it holds a hash.
+        if login and encoded.startswith(_OLD_PBKDF2):
+            log.warning(
+                "coordinator_login_refused", login=login,
+                reason="pbkdf2 hashes are no longer accepted: make an argon2 hash with `python -m web.security hash-password`",
+            )  # fmt: skip
+            continue
+        if not login or not _ARGON2.match(encoded):
             log.warning("coordinator_logins_entry_ignored", login=login or "(empty)")
             continue
         out[login] = encoded
-    return out
+    return tuple(out.items())
+
+
+def parse_logins(text: str) -> dict[str, str]:
+    """COORDINATOR_LOGINS -> {login: hash}; a malformed entry is skipped with a warning (once
+    per process: the parse is kept, and the app parses at start-up)."""
+    return dict(_parsed_logins(text or ""))
 
 
 def api_tokens(settings: Settings) -> list[str]:
@@ -140,7 +167,7 @@ def check_credentials(settings: Settings, login: str, password: str) -> bool:
     """Constant-time where it matters: every token is compared, an unknown login costs a hash."""
     logins = parse_logins(settings.coordinator_logins)
     encoded = logins.get(login)
-    ok = verify_password(password, encoded if encoded is not None else _DUMMY_HASH) and encoded is not None
+    ok = verify_password(password, encoded if encoded is not None else _dummy_hash()) and encoded is not None
     if hmac.compare_digest(login.encode(), b"api") and password:
         for token in api_tokens(settings):
             if hmac.compare_digest(password.encode(), token.encode()):
@@ -148,11 +175,19 @@ def check_credentials(settings: Settings, login: str, password: str) -> bool:
     return ok
 
 
+def startup_checks(settings: Settings) -> None:
+    """At start-up, not at the first login: warn about unusable COORDINATOR_LOGINS entries, and
+    make (or read) the session key kept in REFERRAL_DATA_DIR when WEB_SESSION_SECRET is unset."""
+    parse_logins(settings.coordinator_logins)
+    _dummy_hash()
+    session_store.session_secret(settings)
+
+
 # --- sessions ------------------------------------------------------------------------------
 
-_PROCESS_KEY = secrets.token_bytes(32)
-# Sessions ended by logout in this process, until they would have expired anyway.
-_REVOKED: dict[str, float] = {}
+SESSION_PURPOSE = "web-session"
+CSRF_PURPOSE = "web-csrf"
+MAX_COOKIE = 2048
 
 
 @dataclass(frozen=True)
@@ -167,62 +202,44 @@ class Session:
         return self.login is not None
 
 
-def _key(settings: Settings) -> bytes:
-    secret = settings.web_session_secret
-    if not secret:
-        return _PROCESS_KEY
-    return hashlib.sha256(b"referral-web-session-key\x00" + secret.encode()).digest()
+def _signing(settings: Settings, purpose: str) -> Signing:
+    return Signing(session_store.session_secret(settings), purpose)
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def _csrf_token(settings: Settings, sid: str, expires: float) -> str:
+    return _signing(settings, CSRF_PURPOSE).sign([sid], expires)
 
 
 def encode_session(settings: Settings, session: Session) -> str:
-    payload = _b64(json.dumps({"s": session.sid, "l": session.login, "c": session.csrf, "e": int(session.expires)}, separators=(",", ":")).encode())
-    mac = hmac.new(_key(settings), b"session\x00" + payload.encode(), hashlib.sha256).digest()
-    return f"{payload}.{_b64(mac)}"
+    return _signing(settings, SESSION_PURPOSE).sign([session.sid, session.login], session.expires)
 
 
 def decode_session(settings: Settings, value: str | None, now: float | None = None) -> Session | None:
     """The session in a cookie, or None when absent, tampered with, expired or logged out."""
-    if not value or value.count(".") != 1 or len(value) > 2048:
-        return None
-    payload, mac = value.split(".")
-    expected = _b64(hmac.new(_key(settings), b"session\x00" + payload.encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(mac.encode(), expected.encode()):
-        return None
     try:
-        data = json.loads(_unb64(payload))
-        session = Session(sid=str(data["s"]), login=data["l"], csrf=str(data["c"]), expires=float(data["e"]))
-    except (ValueError, KeyError, TypeError):
+        expires, fields = _signing(settings, SESSION_PURPOSE).verify(value, now, max_length=MAX_COOKIE)
+    except BadToken:
         return None
-    now = time.time() if now is None else now
-    if session.expires <= now or session.sid in _REVOKED:
+    if len(fields) != 2:
         return None
-    return session
+    sid, login = fields
+    if not isinstance(sid, str) or not (login is None or isinstance(login, str)):
+        return None
+    if session_store.is_revoked(settings, sid):
+        return None
+    return Session(sid=sid, login=login, csrf=_csrf_token(settings, sid, expires), expires=float(expires))
 
 
 def new_session(settings: Settings, login: str | None) -> Session:
     hours = settings.web_session_hours if login else min(settings.web_session_hours, 2.0)
-    return Session(
-        sid=secrets.token_urlsafe(16),
-        login=login,
-        csrf=secrets.token_urlsafe(32),
-        expires=float(int(time.time() + hours * 3600)),
-    )
+    sid = secrets.token_urlsafe(16)
+    expires = float(int(time.time() + hours * 3600))
+    return Session(sid=sid, login=login, csrf=_csrf_token(settings, sid, expires), expires=expires)
 
 
-def revoke(session: Session) -> None:
-    now = time.time()
-    for sid, until in list(_REVOKED.items()):
-        if until <= now:
-            del _REVOKED[sid]
-    _REVOKED[session.sid] = session.expires
+def revoke(settings: Settings, session: Session) -> None:
+    """Logout: every web process refuses this session from now on."""
+    session_store.revoke(settings, session.sid, session.expires)
 
 
 def secure_cookies(settings: Settings) -> bool:
@@ -280,9 +297,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m web.security", description="Web form utilities.")
     sub = parser.add_subparsers(dest="command", required=True)
-    h = sub.add_parser("hash-password", help="print a password hash for COORDINATOR_LOGINS (password read from the terminal, or one line on stdin)")
-    h.add_argument("--iterations", type=int, default=PBKDF2_ITERATIONS)
-    args = parser.parse_args(argv)
+    sub.add_parser("hash-password", help="print an argon2 password hash for COORDINATOR_LOGINS (password read from the terminal, or one line on stdin)")
+    parser.parse_args(argv)
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
@@ -293,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if not password:
         print("hash-password: empty password", file=sys.stderr)
         return 2
-    print(hash_password(password, iterations=args.iterations))
+    print(hash_password(password))
     return 0
 
 

@@ -32,7 +32,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOTS = Path(os.environ.get("REFERRAL_SCREENSHOTS", "/tmp"))
 PASSWORD = "mot de passe de test"
-HASH = security.hash_password(PASSWORD, iterations=1000)
+HASH = security.hash_password(PASSWORD)
 PHONE_VIEWPORT = {"width": 390, "height": 844}
 LAPTOP_VIEWPORT = {"width": 1280, "height": 900}
 

@@ -4,6 +4,8 @@ test_browser.py."""
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import subprocess
 import sys
@@ -15,13 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+from structlog.testing import capture_logs
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.directory import load_directory
 from config.settings import CONFIG_DIR, Settings
 from infra.translations import PACKAGED_MESSAGES_DIR, translations
 from starter import referrals
-from web import i18n, rendering, security
+from web import i18n, rendering, security, session_store
 from web.routes import intake_form, referral_pages
 from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_case, adult_intake
@@ -29,9 +34,11 @@ from tests.conftest import running_worker, wait_for
 from workflows.intake import INDICATORS, REGIONS, SERVICES
 
 PASSWORD = "correct horse battery staple"
-# Few iterations keep the tests fast; the hash records its own count.
-HASH = security.hash_password(PASSWORD, iterations=1000)
-OTHER_HASH = security.hash_password("another one", iterations=1000)
+# Cheap argon2 parameters keep the tests fast; a hash records its own parameters.
+FAST_HASHER = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+HASH = FAST_HASHER.hash(PASSWORD)
+OTHER_HASH = FAST_HASHER.hash("another one")
+OLD_PBKDF2_HASH = "pbkdf2_sha256$600000$" + "ab" * 16 + "$" + "0" * 64
 TOKENS = "tok-first-123,tok-second-456"
 SECRET = "test-session-secret-" + "x" * 24
 DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
@@ -118,20 +125,21 @@ def field_block(html: str, field_id: str) -> str:
 
 
 def test_hash_and_verify() -> None:
-    encoded = security.hash_password("s3cret", iterations=1200)
-    assert re.fullmatch(r"pbkdf2_sha256\$1200\$[0-9a-f]{32}\$[0-9a-f]{64}", encoded)
+    encoded = security.hash_password("s3cret")
+    assert re.fullmatch(r"\$argon2id\$v=19\$m=65536,t=3,p=4\$[A-Za-z0-9+/]{22}\$[A-Za-z0-9+/]{43}", encoded)
     assert security.verify_password("s3cret", encoded)
     assert not security.verify_password("s3cret ", encoded)
     assert not security.verify_password("", encoded)
-    assert security.hash_password("s3cret", iterations=1200) != encoded  # a new salt each time
-    for broken in ("", "s3cret", "md5$1$a$b", encoded.replace("pbkdf2_sha256", "pbkdf2_sha1"), encoded[:-1]):
+    assert security.hash_password("s3cret") != encoded  # a new salt each time
+    for broken in ("", "s3cret", "md5$1$a$b", encoded.replace("argon2id", "argon2i"), encoded[:-1], OLD_PBKDF2_HASH):
         assert not security.verify_password("s3cret", broken)
-    assert security.hash_password("x").startswith(f"pbkdf2_sha256${security.PBKDF2_ITERATIONS}$")
+    with pytest.raises(ValueError, match="password"):
+        security.hash_password("")
 
 
 def test_hash_password_command_prints_a_usable_hash() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "web.security", "hash-password", "--iterations", "1000"],
+        [sys.executable, "-m", "web.security", "hash-password"],
         input="pass phrase\n", capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
@@ -141,8 +149,28 @@ def test_hash_password_command_prints_a_usable_hash() -> None:
 
 
 def test_parse_logins_skips_malformed_entries() -> None:
-    parsed = security.parse_logins(f" amina:{HASH} , broken, :{HASH}, karim:plaintext, ,omar:{OTHER_HASH}")
+    # argon2 hashes hold commas (`m=65536,t=3,p=4`): entries are still told apart
+    assert "," in HASH
+    text = f" amina:{HASH} , broken, :{HASH}, karim:plaintext, ,omar:{OTHER_HASH}, t=3, zoe:{HASH[:-3]},x"
+    with capture_logs() as logs:
+        parsed = security.parse_logins(text)
     assert parsed == {"amina": HASH, "omar": OTHER_HASH}
+    assert sorted(e["login"] for e in logs if e["event"] == "coordinator_logins_entry_ignored") == ["(empty)", "broken", "karim", "t=3", "x", "zoe"]
+    assert not any(HASH[-20:] in str(e) or OTHER_HASH[-20:] in str(e) for e in logs)  # never a hash in a log
+
+
+def test_old_pbkdf2_hashes_are_refused_with_a_warning_naming_the_login() -> None:
+    with capture_logs() as logs:
+        parsed = security.parse_logins(f"amina:{HASH},karim:{OLD_PBKDF2_HASH}")
+    assert parsed == {"amina": HASH}
+    refused = [e for e in logs if e["event"] == "coordinator_login_refused"]
+    assert [e["login"] for e in refused] == ["karim"] and "hash-password" in refused[0]["reason"]
+    assert not any(OLD_PBKDF2_HASH[-20:] in str(e) for e in logs)
+
+
+async def test_old_pbkdf2_login_cannot_log_in(make_settings) -> None:
+    async with browser_like(web_settings(make_settings, coordinator_logins=f"karim:{OLD_PBKDF2_HASH}")) as http:
+        assert (await log_in(http, "karim", PASSWORD)).status_code == 401
 
 
 # --- logins and sessions -------------------------------------------------------------------
@@ -232,17 +260,30 @@ def _cookie(settings: Settings, **changes: Any) -> str:
     return security.encode_session(settings, security.Session(**fields))
 
 
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 async def test_tampered_expired_or_foreign_sessions_are_refused(make_settings) -> None:
     settings = web_settings(make_settings)
     good = _cookie(settings)
     payload, mac = good.split(".")
-    forged_payload = security._b64(security._unb64(payload).replace(b'"amina"', b'"admin"'))
+    assert b'"amina"' in _unb64(payload)
+    forged_payload = _b64(_unb64(payload).replace(b'"amina"', b'"admin"'))
+    session = security.decode_session(settings, good)
+    assert session is not None
     candidates = {
         "tampered payload": f"{forged_payload}.{mac}",
-        "tampered mac": f"{payload}.{mac[:-2]}AA",
+        "tampered mac": f"{payload}.{mac[:-2]}{'A' if mac[-2] != 'A' else 'B'}{mac[-1]}",
         "no mac": payload,
         "expired": _cookie(settings, expires=time.time() - 1),
         "other secret": _cookie(web_settings(make_settings, web_session_secret="another-secret-entirely")),
+        "kept key, not the secret": _cookie(web_settings(make_settings, web_session_secret="")),
+        "signed for another purpose (its CSRF token)": session.csrf,
         "garbage": "not a session at all",
     }
     async with browser_like(settings) as http:
@@ -263,6 +304,17 @@ def test_session_expiry_is_twelve_hours(make_settings) -> None:
     cookie = security.encode_session(settings, session)
     assert security.decode_session(settings, cookie) == session
     assert security.decode_session(settings, cookie, now=session.expires + 1) is None
+
+
+def test_without_a_session_secret_the_key_is_kept_in_the_data_dir(make_settings) -> None:
+    settings = web_settings(make_settings, web_session_secret="")
+    cookie = security.encode_session(settings, security.new_session(settings, "amina"))
+    key_file = settings.referral_data_dir.resolve() / session_store.KEY_FILE
+    assert key_file.is_file() and os.stat(key_file).st_mode & 0o777 == 0o600
+    # Another process (here: the same one, its memory forgotten) reads the same key.
+    session_store._kept_key.cache_clear()
+    assert security.decode_session(settings, cookie) is not None
+    assert len(key_file.read_text().strip()) >= session_store.MIN_KEY_LENGTH
 
 
 async def test_logout_ends_the_session_even_if_the_cookie_is_replayed(make_settings) -> None:

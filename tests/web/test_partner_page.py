@@ -23,6 +23,7 @@ from activities.partner_links import (
 )
 from activities.sms import read_outbox
 from config.settings import CONFIG_DIR, Settings
+from infra.signing import Signing
 from starter import referrals
 from web.app import create_app
 from web.security import SECURITY_HEADERS
@@ -133,8 +134,17 @@ def test_links_are_signed_bound_and_expiring():
     for junk in ("", ".", "abc", "a.b.c", token + "x", token.replace(".", "")):
         with pytest.raises(PartnerLinkInvalid):
             verify_partner_link(SECRET, junk, now)
+    # The same fields signed under the same secret for another purpose (e.g. the form nonce's
+    # or a session's) are no link.
+    for purpose in ("partner-form", "web-session"):
+        other = Signing(SECRET, purpose).sign(["7K3Q9", "cas-assoc"], (now + timedelta(hours=1)).timestamp())
+        with pytest.raises(PartnerLinkInvalid):
+            verify_partner_link(SECRET, other, now)
     assert partner_link(BASE, None, 72, "7K3Q9", "cas-assoc") is None
     assert partner_link(BASE, SECRET, 72, "7K3Q9", "ori-assoc", "ar").endswith("?lang=ar")
+    # Short enough for any email client to keep on one line.
+    longest = partner_link("https://referrals.example.org", SECRET, 72, "7K3Q9", "nat-shelter-amal", "ar")
+    assert longest is not None and len(longest) < 160
 
 
 # --- the page --------------------------------------------------------------------------------

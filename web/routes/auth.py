@@ -94,7 +94,7 @@ async def logout(request: Request) -> Response:
     if session is not None and not csrf_ok(session, form):
         return forbidden(request, session)
     if session is not None:
-        revoke(session)
+        await run_in_threadpool(revoke, settings_of(request), session)
     response = RedirectResponse("/login?bye=1", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=secure_cookies(settings_of(request)))
     return response

@@ -11,7 +11,8 @@ reply (`partner_reply`, channel "web"), then redirect (303) back to the page.
 
 CSRF: besides the capability in the path, each POST must carry a form nonce that matches a
 cookie: the page sets a random cookie (HttpOnly, SameSite=Strict, path /p/, Secure over https) and puts
-HMAC(PARTNER_LINK_SECRET, cookie | token) in a hidden field. A cross-site form cannot send the
+a digest of cookie and token, keyed by PARTNER_LINK_SECRET (infra/signing.py, purpose
+"partner-form"), in a hidden field. A cross-site form cannot send the
 cookie (SameSite=Strict) nor compute the field. A POST whose `Origin` is another origin, or whose
 `Sec-Fetch-Site` is `cross-site`, is refused too. (Origin alone is not enough: with
 `Referrer-Policy: no-referrer` browsers send `Origin: null` on form posts.)
@@ -25,9 +26,6 @@ from web/templates/partner_*.html.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import re
 import secrets
 from datetime import datetime
@@ -42,6 +40,7 @@ from temporalio.service import RPCError
 
 from activities.partner_links import PartnerLinkError, PartnerLinkExpired, verify_partner_link
 from config.settings import Settings
+from infra.signing import Signing
 from starter import referrals
 from web import deps
 from web.i18n import DEFAULT_LANG, LANGS, LANGUAGE_NAMES, Words
@@ -88,9 +87,11 @@ def _verify(settings: Settings, token: str, lang: str) -> tuple[str, str] | HTML
 # --- CSRF: a cookie and a field bound to it and to the token --------------------------------
 
 
+_FORM_PURPOSE = "partner-form"
+
+
 def _form_nonce(secret: str, cookie: str, token: str) -> str:
-    mac = hmac.new(secret.encode(), f"partner-form|{cookie}|{token}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    return Signing(secret, _FORM_PURPOSE).digest(cookie, token)
 
 
 def _valid_cookie(value: str | None) -> bool:
@@ -111,7 +112,7 @@ def _csrf_ok(settings: Settings, request: Request, token: str, field: str | None
     cookie = request.cookies.get(CSRF_COOKIE)
     if not _valid_cookie(cookie) or not field or not settings.partner_link_secret:
         return False
-    return hmac.compare_digest(field.encode(), _form_nonce(settings.partner_link_secret, cookie, token).encode())  # type: ignore[arg-type]
+    return Signing(settings.partner_link_secret, _FORM_PURPOSE).digest_ok(field, cookie, token)  # type: ignore[arg-type]
 
 
 # --- what this partner may see ------------------------------------------------------------

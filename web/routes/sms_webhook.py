@@ -16,19 +16,26 @@ exactly one open referral (visibility: `ReferralPartners`), otherwise the answer
 The update's outcome or rejection becomes a reply in the partner's language (`sms_reply.*` in
 config/messages/<lang>.po): the code and what happened, never anything about the person.
 
-Twice the same MessageSid, once the effect:
-- the answer given to each MessageSid is kept in `<REFERRAL_DATA_DIR>/sms_webhook.sqlite3`
-  (table `sms_replies`, a week) and a redelivery gets it again without touching Temporal;
-- the update's id is `sms-<MessageSid>`, so even without that record (lost, or a redelivery
-  racing the first) Temporal applies the reply once and answers the redelivery with the same
-  outcome.
+Twice the same MessageSid, once the effect, whichever web process each delivery reaches
+(everything below lives in `<REFERRAL_DATA_DIR>/sms_webhook.sqlite3` or in Temporal, nothing
+in a process's memory, so `uvicorn --workers N` is safe):
+- the answer given to each MessageSid is kept (table `sms_replies`, a week) and a redelivery
+  gets it again without touching Temporal;
+- deliveries of one MessageSid are handled one at a time: each takes the MessageSid's lease
+  (table `sms_claims`) and renews it while it works; a delivery arriving meanwhile waits, then
+  gets the answer kept, or handles the message itself when none was (a provisional answer);
+  the lease of a process that died lapses within seconds;
+- the update's id is `sms-<MessageSid>`, so even without that record (lost) Temporal applies
+  the reply once and answers the redelivery with the same outcome.
 
 Twilio waits 15 s for an answer. Temporal calls share a budget of `TEMPORAL_TIMEOUT_SECONDS`;
 when an update is still running at the end of it, the partner is told "received, we will
 confirm", the update goes on in the background (same update id), and its outcome is then kept
 as the MessageSid's answer and sent to the partner as an SMS through the configured backend.
 That provisional answer is not recorded: a redelivery of the MessageSid waits for the same
-update again (Temporal attaches it to the one in flight) instead of repeating "received".
+update again (Temporal attaches it to the one in flight) instead of repeating "received". The
+outcome is sent as an SMS only by whoever keeps it first: when a redelivery's answer already
+carried it, no SMS repeats it.
 When Temporal cannot be reached at all the partner is asked to send the message again later;
 nothing was applied, and a later message applies normally.
 
@@ -43,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import weakref
 from dataclasses import dataclass
 from typing import Awaitable, TypeVar
 from urllib.parse import parse_qsl
@@ -60,9 +66,10 @@ from activities.directory import ConfigError, Partner, load_directory
 from activities.sms_store import (
     clear_opt_out,
     is_opted_out,
+    keep_reply,
+    one_delivery_at_a_time,
     record_opt_out,
     remember_reply,
-    stored_reply,
 )
 from config.settings import Settings
 from infra.translations import DEFAULT_LANGUAGE, LANGUAGES, translations
@@ -92,9 +99,6 @@ _SID = re.compile(r"^[A-Za-z0-9]{2,64}$")
 _KEYWORD = {"accept": "A", "decline": "D", "ok": "OK", "done": "DONE", "issue": "ISSUE"}
 _FORBIDDEN = Response(status_code=403, content="forbidden", media_type="text/plain")
 _T = TypeVar("_T")
-
-
-# --- the store: answers given per MessageSid, numbers opted out ------------------------------
 
 
 # --- signatures ----------------------------------------------------------------------------
@@ -205,10 +209,8 @@ def _codes_text(codes: list[str], settings: Settings, language: str) -> str:
 
 # --- applying a reply ----------------------------------------------------------------------
 
-# Updates that outlived their request, by MessageSid: a redelivery waits for the same one.
-_inflight: dict[str, asyncio.Task[Answer]] = {}
+# Late confirmations still running in this process (only so that they are not collected).
 _background: set[asyncio.Task] = set()
-_sid_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
 def _rejection_key(kind: str, action: str) -> str:
@@ -244,34 +246,27 @@ async def _apply(client: Client, settings: Settings, partner: Partner, command: 
 
 
 async def _apply_within(client: Client, settings: Settings, partner: Partner, number: str, command: SmsCommand, code: str, sid: str, budget: _Budget) -> Answer:
-    task = _inflight.get(sid)
-    if task is None:
-        task = asyncio.create_task(_apply(client, settings, partner, command, code, sid))
+    task = asyncio.create_task(_apply(client, settings, partner, command, code, sid))
     try:
-        answer = await asyncio.wait_for(asyncio.shield(task), budget.left())
+        return await asyncio.wait_for(asyncio.shield(task), budget.left())
     except asyncio.TimeoutError:
-        if sid not in _inflight:
-            _inflight[sid] = task
-            _keep(asyncio.create_task(_finish_late(settings, sid, number, partner.id, task)))
+        _keep(asyncio.create_task(_finish_late(settings, sid, number, partner.id, task)))
         return Answer("received", reply_text(settings, partner.language, "received", code=code), final=False)
-    _inflight.pop(sid, None)
-    return answer
 
 
 async def _finish_late(settings: Settings, sid: str, number: str, partner_id: str, task: asyncio.Task[Answer]) -> None:
-    """The update outlived the webhook request: keep its answer and send it as an SMS."""
+    """The update outlived the webhook request: keep its answer and send it as an SMS, unless
+    an answer was kept first (a redelivery answered it, or another late task sent it)."""
     try:
         answer = await task
     except Exception as err:  # noqa: BLE001 - a background task must not die unseen
         log.error("late sms reply failed", message_sid=sid, partner=partner_id, error=type(err).__name__)
         return
-    finally:
-        _inflight.pop(sid, None)
     log.info("sms inbound applied late", message_sid=sid, partner=partner_id, outcome=answer.kind)
     if not answer.final:
         return
-    await asyncio.to_thread(remember_reply, settings, sid, answer.text)
-    if is_opted_out(settings, number):
+    _, first = await asyncio.to_thread(keep_reply, settings, sid, answer.text)
+    if not first or await asyncio.to_thread(is_opted_out, settings, number):
         return
     backend = build_sms_backend(settings)
     try:
@@ -391,17 +386,9 @@ async def sms_inbound(request: Request) -> Response:
     if not _SID.match(sid):
         return Response(status_code=400, content="MessageSid missing", media_type="text/plain")
 
-    stored = await asyncio.to_thread(stored_reply, settings, sid)
-    if stored is not None:
-        log.info("sms inbound replayed", message_sid=sid)
-        return twiml(stored)
-    lock = _sid_locks.get(sid)
-    if lock is None:
-        lock = _sid_locks[sid] = asyncio.Lock()
-    async with lock:
-        # A redelivery that raced the first delivery gets the answer the first one kept.
-        stored = await asyncio.to_thread(stored_reply, settings, sid)
+    async with one_delivery_at_a_time(settings, sid) as stored:
         if stored is not None:
+            # Answered before, or by a delivery that raced this one (in any web process).
             log.info("sms inbound replayed", message_sid=sid)
             return twiml(stored)
         answer, partner_id = await _inbound(request, form, sid)
