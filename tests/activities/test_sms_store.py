@@ -28,6 +28,7 @@ def test_a_lease_is_held_renewed_released_and_lapses(make_settings) -> None:
 async def test_deliveries_of_one_message_take_turns_and_the_second_gets_the_first_answer(make_settings) -> None:
     settings = make_settings()
     order: list[str] = []
+    held = asyncio.Event()
 
     async def delivery(name: str) -> str:
         async with sms_store.one_delivery_at_a_time(settings, "SM9") as stored:
@@ -35,11 +36,12 @@ async def test_deliveries_of_one_message_take_turns_and_the_second_gets_the_firs
                 order.append(f"{name} replayed")
                 return stored
             order.append(f"{name} handles")
+            held.set()
             await asyncio.sleep(0.3)
             return await asyncio.to_thread(sms_store.remember_reply, settings, "SM9", f"answer of {name}")
 
     first = asyncio.create_task(delivery("first"))
-    await asyncio.sleep(0.05)
+    await held.wait()  # the second delivery arrives while the first holds the message
     assert await asyncio.gather(first, delivery("second")) == ["answer of first"] * 2
     assert order == ["first handles", "second replayed"]
 
