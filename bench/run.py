@@ -4,7 +4,7 @@ Everything runs on loopback, started and stopped here, each in its own process:
 
 - the Temporal dev server (`<venv>/bin/temporal server start-dev`, headless, a database file in
   a temporary directory, the referral search attributes registered);
-- the stand-ins (bench/standins.py): an SMTP sink and the Twilio fake, which also plays the
+- the stand-ins (bench/partners.py): an SMTP sink and the Twilio stand-in of standins/, which also plays the
   partners by answering offers and check-ins with Twilio-signed `POST /sms/inbound`;
 - the web app as deployed (`uvicorn web.app:app`);
 - the worker as deployed (`python worker.py`), restarted for each phase with its policy;
@@ -192,7 +192,7 @@ def make_stack() -> Stack:
     logs = tmp / "logs"
     logs.mkdir()
     stack = Stack(tmp, logs, free_port(), free_port(), free_port(), free_port(), {})
-    from tests.fakes.twilio_server import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, DEFAULT_FROM_NUMBER
+    from standins.twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, DEFAULT_FROM_NUMBER
 
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     env.update(
@@ -458,7 +458,7 @@ async def latency(stack: Stack, client, worker: Proc, n: int, warmup: int = 20) 
     import httpx
 
     from starter.referrals import workflow_id
-    from tests.fakes.twilio_server import signed_headers
+    from standins.twilio import signed_headers
     from workflows.models import PartnerReply
     from workflows.referral import ReferralWorkflow
 
@@ -609,8 +609,8 @@ async def run(args) -> str:
         say("bench: dev server up")
         auto = ",".join(number for _, number in partner_numbers(THROUGHPUT_REGION).values())
         standins = stack.start(
-            "standins",
-            [sys.executable, "-m", "bench.standins", "--smtp-port", str(stack.smtp_port), "--twilio-port", str(stack.twilio_port),
+            "partners",
+            [sys.executable, "-m", "bench.partners", "--smtp-port", str(stack.smtp_port), "--twilio-port", str(stack.twilio_port),
              "--webhook", stack.public_base_url + "/sms/inbound", "--auto", auto],
         )  # fmt: skip
         web = stack.start("web", [sys.executable, "-m", "uvicorn", "web.app:app", "--host", HOST, "--port", str(stack.web_port), "--log-level", "warning", "--no-access-log"])

@@ -1,4 +1,4 @@
-"""A Twilio-compatible Messages API on loopback, for tests: no network, no account.
+"""A Twilio-compatible Messages API on loopback, for the tests and the bench: no network, no account.
 
     with FakeTwilio() as fake:                       # uvicorn in a background thread
         settings = make_settings(sms_backend="twilio", **fake.settings_overrides())
