@@ -28,8 +28,8 @@ import uvicorn
 from aiosmtpd.controller import Controller
 from starlette.responses import JSONResponse
 
-from starter.sms_reply import inbound_form
 from standins.twilio import DEFAULT_AUTH_TOKEN, FakeTwilio, signed_headers
+from starter.sms_reply import inbound_form
 
 CODE = re.compile(r"R-([34679ACDEFGHJKMNPQRTUVWXY]{5})")
 
