@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from activities.directory import load_directory
-from config.settings import CONFIG_DIR
+from standins.twilio import FakeTwilio, error, status
 from tests.cases import adult_intake
 from tests.conftest import wait_for
-from standins.twilio import FakeTwilio, error, status
 from tests.faults.conftest import DevServer, message_report, say, stack, summarise, write_policy
 from tests.faults.test_smtp_outage import QUIET_POLICY
+from tests.fixtures import PARTNERS_FILE
 
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 
 
 @pytest.fixture

@@ -18,13 +18,14 @@ import pytest
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.directory import load_directory
-from config.settings import CONFIG_DIR, Settings
+from config.settings import Settings
 from starter import referrals
 from web import i18n, rendering, security
 from web.routes import intake_form, referral_pages
 from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_case, adult_intake
 from tests.conftest import running_worker, wait_for
+from tests.fixtures import PARTNERS_FILE
 from workflows.intake import INDICATORS, REGIONS, SERVICES
 
 PASSWORD = "correct horse battery staple"
@@ -33,7 +34,7 @@ HASH = security.hash_password(PASSWORD, iterations=1000)
 OTHER_HASH = security.hash_password("another one", iterations=1000)
 TOKENS = "tok-first-123,tok-second-456"
 SECRET = "test-session-secret-" + "x" * 24
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 
 
 def web_settings(make_settings, **overrides: Any) -> Settings:
