@@ -100,6 +100,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             text = str(value)
         env[name.upper()] = text
     env["PYTHONUNBUFFERED"] = "1"
+    # This checkout's code, whatever the venv has installed (children run in a tmp cwd).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return env
 
 
