@@ -4,7 +4,7 @@ Everything runs on loopback, started and stopped here, each in its own process:
 
 - the Temporal dev server (`<venv>/bin/temporal server start-dev`, headless, a database file in
   a temporary directory, the referral search attributes registered);
-- the stand-ins (bench/standins.py): an SMTP sink and the Twilio fake, which also plays the
+- the stand-ins (bench/partners.py): an SMTP sink and the Twilio stand-in of standins/, which also plays the
   partners by answering offers and check-ins with Twilio-signed `POST /sms/inbound`;
 - the web app as deployed (`uvicorn web.app:app`);
 - the worker as deployed (`python worker.py`), restarted for each phase with its policy;
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import copy
 import json
 import os
@@ -48,9 +49,11 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlencode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,6 +65,7 @@ BASELINE_QUEUE = "bench-baseline"
 # WORKER_MAX_CACHED_REFERRALS for the comparison run with the sticky cache on
 CACHED = 1000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 # Regions of each phase: their partners differ, so only the throughput phase's are auto-answered.
@@ -84,6 +88,15 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- processes
 
 
+class ProcessDied(RuntimeError):
+    """A process the bench started exited on its own: the bench stops at once and shows why."""
+
+    def __init__(self, proc: Proc) -> None:
+        self.name, self.returncode, self.log = proc.name, proc.popen.returncode, proc.log
+        self.tail = proc.last_lines()
+        super().__init__(f"{proc.name} exited with status {self.returncode}; its last lines ({proc.log}):\n" + "\n".join(self.tail))
+
+
 @dataclass
 class Proc:
     name: str
@@ -91,21 +104,29 @@ class Proc:
     log: Path
 
     @classmethod
-    def start(cls, name: str, argv: list[str], env: dict[str, str], logs: Path) -> Proc:
+    def start(cls, name: str, argv: list[str], env: dict[str, str], logs: Path, cwd: Path) -> Proc:
+        """Started in `cwd` (the run's directory, where no `.env` is: a developer's `.env` naming
+        another namespace once made the worker exit at start), the checkout on PYTHONPATH."""
         log = logs / f"{name}.log"
-        fh = log.open("ab")
-        popen = subprocess.Popen(argv, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        fh.close()
+        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))}
+        with log.open("ab") as fh:
+            popen = subprocess.Popen(argv, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         return cls(name, popen, log)
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
+    def last_lines(self, n: int = 40) -> list[str]:
+        try:
+            return self.log.read_text(errors="replace").splitlines()[-n:]
+        except OSError:
+            return []
+
     def check(self) -> None:
+        """Raise ProcessDied if the process has exited."""
         if self.popen.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{tail}")
+            raise ProcessDied(self)
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen.poll() is None:
@@ -171,9 +192,31 @@ class Stack:
         return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
     def start(self, name: str, argv: list[str], **env: str) -> Proc:
-        proc = Proc.start(name, argv, {**self.env, **env}, self.logs)
+        proc = Proc.start(name, argv, {**self.env, **env}, self.logs, cwd=self.tmp)
         self.procs[name] = proc
         return proc
+
+    def check(self) -> None:
+        """Raise ProcessDied if any process of the stack has exited (those stopped on purpose
+        have left `procs` before their signal)."""
+        for proc in list(self.procs.values()):
+            proc.check()
+
+    async def supervise(self, work: Awaitable[T], every: float = 0.5) -> T:
+        """Await `work`, but stop it at once with ProcessDied when a process of the stack dies:
+        a dead worker would otherwise leave the bench waiting for referrals that never move."""
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=every)
+                if done:
+                    return task.result()
+                self.check()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name, None)
@@ -192,7 +235,7 @@ def make_stack() -> Stack:
     logs = tmp / "logs"
     logs.mkdir()
     stack = Stack(tmp, logs, free_port(), free_port(), free_port(), free_port(), {})
-    from tests.fakes.twilio_server import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, DEFAULT_FROM_NUMBER
+    from standins.twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, DEFAULT_FROM_NUMBER
 
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     env.update(
@@ -292,7 +335,7 @@ def partner_numbers(region: str) -> dict[str, tuple[str, str]]:
 
 
 def start_worker(stack: Stack, name: str, policy: str, **env: str) -> Proc:
-    return stack.start(name, [sys.executable, "worker.py"], REFERRAL_POLICY_FILE=str(BENCH / policy), **env)
+    return stack.start(name, [sys.executable, str(REPO / "worker.py")], REFERRAL_POLICY_FILE=str(BENCH / policy), **env)
 
 
 # --------------------------------------------------------------------------- referrals
@@ -457,8 +500,8 @@ class Latency:
 async def latency(stack: Stack, client, worker: Proc, n: int, warmup: int = 20) -> Latency:
     import httpx
 
+    from standins.twilio import signed_headers
     from starter.referrals import workflow_id
-    from tests.fakes.twilio_server import signed_headers
     from workflows.models import PartnerReply
     from workflows.referral import ReferralWorkflow
 
@@ -584,7 +627,7 @@ def table(args, stack: Stack, tp: Throughput | None, base: Throughput | None, ca
     widths = [max(len(r[i]) for r in rows + [("measure", "value", "target", "")]) for i in range(4)]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     head = [
-        f"Referral orchestrator bench, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}",
+        f"Referral orchestrator bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}",
         f"encryption {'on' if stack.encryption else 'off'}; SMS via the Twilio fake, email via an SMTP sink, Temporal dev server, all on loopback",
         "",
         line(("measure", "value", "target", "")),
@@ -604,13 +647,15 @@ async def run(args) -> str:
     stack = make_stack()
     say(f"bench: working directory {stack.tmp}")
     tp = base = cached = lat = sc = None
-    try:
+
+    async def phases() -> None:
+        nonlocal tp, base, cached, lat, sc
         await start_temporal(stack)
         say("bench: dev server up")
         auto = ",".join(number for _, number in partner_numbers(THROUGHPUT_REGION).values())
         standins = stack.start(
-            "standins",
-            [sys.executable, "-m", "bench.standins", "--smtp-port", str(stack.smtp_port), "--twilio-port", str(stack.twilio_port),
+            "partners",
+            [sys.executable, "-m", "bench.partners", "--smtp-port", str(stack.smtp_port), "--twilio-port", str(stack.twilio_port),
              "--webhook", stack.public_base_url + "/sms/inbound", "--auto", auto],
         )  # fmt: skip
         web = stack.start("web", [sys.executable, "-m", "uvicorn", "web.app:app", "--host", HOST, "--port", str(stack.web_port), "--log-level", "warning", "--no-access-log"])
@@ -664,9 +709,16 @@ async def run(args) -> str:
                 else:
                     sc = await scale(client, worker, args.scale)
                 say(f"bench: scale rss {sc.rss_kb // 1024} MB, peak {sc.peak_kb // 1024} MB, {sc.offered}/{sc.n} offered in {sc.settled_seconds:.0f} s")
+
+    died = False
+    try:
+        await stack.supervise(phases())
+    except ProcessDied:
+        died = True
+        raise
     finally:
         stack.stop_all()
-        if not args.keep:
+        if not args.keep and not died:
             shutil.rmtree(stack.tmp, ignore_errors=True)
     suite = None
     if args.with_suite:
@@ -740,7 +792,11 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a `timeout`, a CI cancel) stops the stack like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     t0 = time.perf_counter()
-    text = asyncio.run(run(args))
+    try:
+        text = asyncio.run(run(args))
+    except ProcessDied as died:
+        say(f"bench: stopped: {died}\nbench: the run's directory, with every log, is kept: {died.log.parent.parent}")
+        return 1
     print(text)
     print(f"\n(bench took {time.perf_counter() - t0:.0f} s: python -m bench {' '.join(argv if argv is not None else sys.argv[1:])})")
     return 0

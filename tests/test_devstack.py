@@ -26,7 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from config.settings import Settings
+from config.settings import CONFIG_DIR, Settings
+from tests.fixtures import DEMO_POLICY_FILE, PARTNERS_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -171,6 +172,9 @@ def test_make_run_starts_everything_stops_cleanly_and_resumes(tmp_path: Path) ->
         SMTP_PORT=str(smtp_port),
         WEB_PORT=str(web_port),
         METRICS_PORT=str(metrics_port),
+        # The tests' own directory and demo policy, as an operator would set their own.
+        REFERRAL_PARTNERS_FILE=str(PARTNERS_FILE),
+        REFERRAL_POLICY_FILE=str(DEMO_POLICY_FILE),
         PYTHONUNBUFFERED="1",
     )
     ports = (temporal_port, ui_port, smtp_port, web_port, metrics_port)
@@ -227,3 +231,15 @@ def test_make_run_starts_everything_stops_cleanly_and_resumes(tmp_path: Path) ->
     finally:
         again.kill()
     assert all(port_free(p) for p in ports)
+
+
+def test_make_run_picks_the_operators_directory_and_the_demo_policy(tmp_path: Path) -> None:
+    """The test above runs on the tests' own files; left to itself, `make run` takes config/'s
+    directory and its demo policy (reading neither here: only the choice is checked)."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env.update(REFERRAL_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(REPO))
+    code = "from starter.devstack import plan; s = plan().settings; print('files', s.referral_partners_file, s.referral_policy_file)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    files = next(line.split()[1:] for line in out.stdout.splitlines() if line.startswith("files "))
+    assert files == [str(CONFIG_DIR / "partners.yaml"), str(CONFIG_DIR / "policy.demo.yaml")]

@@ -1,4 +1,11 @@
-"""The partner directory and the escalation policies (domain.md: "Partners and policy")."""
+"""The partner directory and the escalation policies (domain.md: "Partners and policy").
+
+Every test reads the tests' own files (tests/fixtures/). The operator's files in config/ are
+held only to the invariants the README documents (the tests whose id says `config`): that they
+load, at least two candidates for every service in every region for adults and minors (child
+protection: minors only), a coordinator per region, distinct numbers, reminders before
+deadlines. Anything else in them (names, numbers, ranks, deadlines) is the operator's to change.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +19,32 @@ import yaml
 
 from activities.directory import ConfigError, Directory, load_directory, load_policy
 from config.settings import CONFIG_DIR
+from tests.fixtures import DEMO_POLICY_FILE, PARTNERS_FILE, POLICY_FILE
 from workflows.intake import REGIONS, SERVICES
 from workflows.models import MatchRequest
 
-PARTNERS = CONFIG_DIR / "partners.yaml"
-POLICY = CONFIG_DIR / "policy.yaml"
-DEMO_POLICY = CONFIG_DIR / "policy.demo.yaml"
+PARTNERS = PARTNERS_FILE
+POLICY = POLICY_FILE
+DEMO_POLICY = DEMO_POLICY_FILE
+# The operator's files, as shipped and as edited: checked against the documented invariants only.
+CONFIG_PARTNERS = CONFIG_DIR / "partners.yaml"
+CONFIG_POLICIES = [CONFIG_DIR / "policy.yaml", CONFIG_DIR / "policy.demo.yaml"]
 E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 URGENCIES = ("emergency", "urgent", "normal")
 
 
 @pytest.fixture(scope="module")
-def directory() -> Directory:
+def fixture_directory() -> Directory:
     return load_directory(PARTNERS)
 
 
-# --- the committed directory --------------------------------------------------------------
+@pytest.fixture(scope="module", params=[PARTNERS, CONFIG_PARTNERS], ids=["fixtures", "config"])
+def directory(request: pytest.FixtureRequest) -> Directory:
+    """The tests' directory, then config/'s: both must keep the documented invariants."""
+    return load_directory(request.param)
+
+
+# --- the directory files: the documented invariants ----------------------------------------
 
 # An adult is never referred to child protection: every child-protection partner is child-only
 # (accepts_adults: false), and identification only adds the service for minors.
@@ -105,9 +122,10 @@ def test_partner_ids_are_unique_and_lookups_work(directory: Directory) -> None:
     assert directory.partner("no-such-partner") is None
 
 
-def test_committed_inactive_partner_is_never_matched(directory: Directory) -> None:
+def test_an_inactive_partner_is_never_matched(fixture_directory: Directory) -> None:
+    directory = fixture_directory
     inactive = [p for p in directory.partners if not p.active]
-    assert inactive, "the committed directory shows how a partner is deactivated"
+    assert inactive, "the tests' directory shows how a partner is deactivated"
     for p in inactive:
         for service in p.services:
             for region in REGIONS:
@@ -274,7 +292,7 @@ M = timedelta(minutes=1)
 D = timedelta(days=1)
 
 
-def test_production_policy_defaults() -> None:
+def test_policy_durations_as_written() -> None:
     emergency = load_policy(POLICY, "emergency")
     assert emergency.urgency == "emergency"
     assert emergency.reply_within == 1 * H
@@ -285,7 +303,12 @@ def test_production_policy_defaults() -> None:
         assert load_policy(POLICY, urgency).follow_ups == [24 * H, 7 * D, 30 * D]
 
 
-@pytest.mark.parametrize("path", [POLICY, DEMO_POLICY], ids=["production", "demo"])
+POLICIES = pytest.mark.parametrize(
+    "path", [POLICY, DEMO_POLICY, *CONFIG_POLICIES], ids=["fixtures-policy", "fixtures-demo", "config-policy", "config-demo"]
+)
+
+
+@POLICIES
 @pytest.mark.parametrize("urgency", URGENCIES)
 def test_reminder_before_deadline(path: Path, urgency: str) -> None:
     p = load_policy(path, urgency)
@@ -310,10 +333,12 @@ def test_demo_policy_has_the_same_ladder_in_seconds() -> None:
         for f in fields:
             assert timedelta(0) < getattr(demo, f) < 2 * M, (urgency, f)
         assert all(timedelta(0) < d < 2 * M for d in demo.follow_ups)
-    # Same shape: a more urgent referral never waits longer for a reply, in either file.
-    for path in (POLICY, DEMO_POLICY):
-        replies = [load_policy(path, u).reply_within for u in URGENCIES]
-        assert replies == sorted(replies), path
+
+
+@POLICIES
+def test_a_more_urgent_referral_never_waits_longer_for_a_reply(path: Path) -> None:
+    replies = [load_policy(path, u).reply_within for u in URGENCIES]
+    assert replies == sorted(replies), path
 
 
 # --- config errors name the file and the field ------------------------------------------
@@ -479,7 +504,7 @@ def test_reserved_key_in_a_ladder(tmp_path: Path, key: str) -> None:
     _assert_names(err, path, f"urgencies.normal.{key}")
 
 
-def test_adult_child_protection_has_no_candidate_in_the_committed_directory(directory: Directory) -> None:
+def test_adult_child_protection_has_no_candidate(directory: Directory) -> None:
     # Every child-protection partner is child-only, so an adult whose intake lists
     # child_protection (for instance for accompanying children) goes straight to `escalated` and
     # the coordinator assigns by hand. Pinned here so that a change is a decision, not an accident.

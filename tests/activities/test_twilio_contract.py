@@ -28,7 +28,7 @@ import pytest
 
 from activities.twilio_sms import TwilioSms
 from config.settings import Settings
-from tests.fakes.twilio_server import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, DEFAULT_FROM_NUMBER, DEFAULT_MESSAGING_SERVICE_SID
+from standins.twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, DEFAULT_FROM_NUMBER, DEFAULT_MESSAGING_SERVICE_SID
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:BasicAuth is deprecated:DeprecationWarning"),

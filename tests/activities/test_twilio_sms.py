@@ -27,7 +27,7 @@ from activities.twilio_sms import (
     TwilioUnavailable,
 )
 from config.settings import Settings
-from tests.fakes.twilio_server import (
+from standins.twilio import (
     DEFAULT_FROM_NUMBER,
     DEFAULT_MESSAGING_SERVICE_SID,
     FakeTwilio,

@@ -47,12 +47,13 @@ from temporalio.service import RPCError
 
 from activities.directory import load_directory
 from activities.sms import read_outbox
-from config.settings import CONFIG_DIR, Settings
+from config.settings import Settings
 from infra.temporal import connect
 from starter import referrals
 from starter.devstack import search_attribute_flags
 from tests import conftest as base
 from tests.conftest import free_port
+from tests.fixtures import PARTNERS_FILE
 from workflows.models import CoordinatorAction, Delivery, Notice, PartnerReply, ReferralStatus
 
 # The key every test client and worker encrypts with (tests/conftest.py); None before encryption.
@@ -60,7 +61,7 @@ TEST_KEYS = getattr(base, "TEST_KEYS", None)
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 SEND_ACTIVITIES = ("send_sms", "send_email")
 
 
@@ -99,6 +100,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             text = str(value)
         env[name.upper()] = text
     env["PYTHONUNBUFFERED"] = "1"
+    # This checkout's code, whatever the venv has installed (children run in a tmp cwd).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return env
 
 
@@ -334,7 +337,7 @@ async def stack(server: DevServer, tmp: Path, policy: Path, start_worker: bool =
         referral_task_queue=task_queue,
         referral_data_dir=tmp / "data",
         referral_policy_file=policy,
-        referral_partners_file=CONFIG_DIR / "partners.yaml",
+        referral_partners_file=PARTNERS_FILE,
         smtp_host=HOST,
         smtp_port=sink.port,
         smtp_timeout_seconds=5.0,

@@ -7,12 +7,12 @@ import asyncio
 from pathlib import Path
 
 from activities.directory import load_directory
-from config.settings import CONFIG_DIR
 from tests.cases import adult_intake, uniform_policy
 from tests.conftest import wait_for
 from tests.faults.conftest import DevServer, message_report, say, stack, summarise, write_policy
+from tests.fixtures import PARTNERS_FILE
 
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 # Nothing times out while the test runs: only the offers are sent.
 QUIET_POLICY = uniform_policy("6h", "3h", "6h", "6h", "6h")
 OUTAGE_SECONDS = 12.0

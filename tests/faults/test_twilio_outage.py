@@ -1,4 +1,4 @@
-"""Twilio (the fake Twilio API of tests/fakes) answering 429 then 500 for a while: every SMS goes
+"""Twilio (the Twilio stand-in of standins/twilio.py) answering 429 then 500 for a while: every SMS goes
 out after, once per message key. A bad number (error 21211): the email fallback, a channel
 problem in the status, and the coordinator told by email."""
 
@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from activities.directory import load_directory
-from config.settings import CONFIG_DIR
+from standins.twilio import FakeTwilio, error, status
 from tests.cases import adult_intake
 from tests.conftest import wait_for
-from tests.fakes.twilio_server import FakeTwilio, error, status
 from tests.faults.conftest import DevServer, message_report, say, stack, summarise, write_policy
 from tests.faults.test_smtp_outage import QUIET_POLICY
+from tests.fixtures import PARTNERS_FILE
 
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 
 
 @pytest.fixture

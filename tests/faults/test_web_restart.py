@@ -17,15 +17,15 @@ from temporalio.api.enums.v1 import EventType
 from twilio.request_validator import RequestValidator
 
 from activities.directory import load_directory
-from config.settings import CONFIG_DIR
 from starter import referrals
-from web.routes.sms_webhook import reply_text
 from tests.cases import adult_intake
 from tests.conftest import free_port, wait_for
 from tests.faults.conftest import DevServer, Stack, say, stack, write_policy
 from tests.faults.test_smtp_outage import QUIET_POLICY
+from tests.fixtures import PARTNERS_FILE
+from web.routes.sms_webhook import reply_text
 
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 TOKEN = "fault-test-twilio-token"
 TWILIO_NUMBER = "+15005550006"
 

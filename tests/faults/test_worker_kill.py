@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import CONFIG_DIR
 from starter import referrals
+from tests.conftest import wait_for
 from tests.faults.conftest import (
     DevServer,
     Driver,
@@ -32,7 +32,7 @@ from tests.faults.conftest import (
     summarise,
     write_policy,
 )
-from tests.conftest import wait_for
+from tests.fixtures import DEMO_POLICY_FILE
 
 FAST_POLICY = """
 urgencies:
@@ -154,7 +154,7 @@ async def test_worker_sigkill_50_referrals(tmp_path: Path):
     server = DevServer(tmp_path / "temporal")
     await server.start()
     try:
-        async with stack(server, tmp_path, CONFIG_DIR / "policy.demo.yaml") as s:
+        async with stack(server, tmp_path, DEMO_POLICY_FILE) as s:
             figures = await run_with_kills(s, n=50, seed=2026, every=(3.0, 8.0), timeout=900, prefix="FAULT-KILL")
         assert figures["worker_kills"] >= 5
     finally:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,8 +24,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from config.settings import Settings
 from starter import referrals
-from web.app import create_app
 from tests.conftest import wait_for
+from tests.fixtures import PARTNERS_FILE, POLICY_FILE
+from web.app import create_app
 from workflows.intake import INDICATORS, REGIONS, SERVICES
 
 TOKEN = "fuzz-api-token-3b9e"
@@ -79,29 +82,37 @@ async def started(client: Client, external_ref: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-async def api(dev_env, tmp_path_factory) -> AsyncIterator[Api]:
+@asynccontextmanager
+async def open_api(client: Client, data_dir: Path) -> AsyncIterator[Api]:
+    """The app on a task queue of its own that no worker polls; what it started is ended after."""
     task_queue = f"fuzz-no-worker-{uuid.uuid4()}"
     settings_ = Settings(  # type: ignore[call-arg]
         _env_file=None,
-        referral_data_dir=tmp_path_factory.mktemp("fuzz-api"),
+        referral_data_dir=data_dir,
         referral_task_queue=task_queue,
         referral_api_tokens=TOKEN,
         public_base_url=BASE,
         referral_allow_plaintext=True,
+        referral_partners_file=PARTNERS_FILE,
+        referral_policy_file=POLICY_FILE,
     )
-    app = create_app(settings_, client=dev_env.client)
+    app = create_app(settings_, client=client)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=BASE, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-        api = Api(http, dev_env.client, task_queue)
+        api = Api(http, client, task_queue)
         yield api
-    # Nothing polls this queue: end what the fuzzing started.
-    async for wf in dev_env.client.list_workflows(f"TaskQueue = '{task_queue}'"):
+    async for wf in client.list_workflows(f"TaskQueue = '{task_queue}'"):
         try:
-            await dev_env.client.get_workflow_handle(wf.id).terminate("fuzz test over")
+            await client.get_workflow_handle(wf.id).terminate("fuzz test over")
         except RPCError:
             pass
     print(f"\nAPI fuzz: {sum(api.statuses.values())} requests, statuses {dict(sorted(api.statuses.items()))}, {len(api.created)} referrals started")
+
+
+@pytest.fixture(scope="module")
+async def api(dev_env, tmp_path_factory) -> AsyncIterator[Api]:
+    async with open_api(dev_env.client, tmp_path_factory.mktemp("fuzz-api")) as api:
+        yield api
 
 
 # --- strategies --------------------------------------------------------------------------------
@@ -126,36 +137,66 @@ huge_strings = st.integers(min_value=1_000, max_value=100 * 1024).flatmap(
 )
 
 
-@st.composite
-def valid_intakes(draw) -> dict[str, Any]:
-    """A fictional intake that the API accepts as is."""
-    minor = draw(st.booleans())
-    danger = draw(st.booleans())
-    consent = draw(st.booleans()) or not (minor or danger)
+def fictional_intake(
+    *,
+    minor: bool = False,
+    danger: bool = False,
+    consent: bool = True,
+    region: str = REGIONS[0],
+    sector: str = "other",
+    indicators: list[str] | None = None,
+    nationality: str = "CI",
+    languages: list[str] | None = None,
+    contact_phone: str | None = None,
+    needs: list[str] | None = None,
+    urgency: str | None = None,
+    notes: str | None = None,
+) -> dict[str, Any]:
+    """A fictional intake that the API accepts as is (consent is recorded when it must be)."""
+    consent = consent or not (minor or danger)
     return {
         "external_ref": f"FUZZ-{uuid.uuid4().hex[:16]}",
-        "identified_by": {"agency": "ngo", "officer_id": "FUZZ-01", "region": draw(st.sampled_from(REGIONS))},
+        "identified_by": {"agency": "ngo", "officer_id": "FUZZ-01", "region": region},
         "identified_at": "2026-01-05T09:30:00+01:00",
-        "sector": draw(st.sampled_from(["agriculture", "domestic_work", "other"])),
-        "indicators": draw(st.lists(st.sampled_from(INDICATORS), max_size=4)),
+        "sector": sector,
+        "indicators": indicators or [],
         "immediate_danger": danger,
         "person": {
             "pseudonym": "Test Person",
             "age_group": "minor" if minor else "adult",
             "sex": "unknown",
-            "nationality": draw(st.sampled_from(["CI", "NG", "SN", "ma"])),
-            "languages": draw(st.lists(st.sampled_from(["fr", "ar", "en", "wo"]), max_size=3)),
-            "contact_phone": draw(st.sampled_from([None, "+212650123459", "0650123458"])),
+            "nationality": nationality,
+            "languages": languages or [],
+            "contact_phone": contact_phone,
         },
-        "needs": draw(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3)),
+        "needs": needs or ["shelter"],
         "consent": (
             {"given": True, "recorded_by": "FUZZ-01", "recorded_at": "2026-01-05T09:40:00+01:00"}
             if consent
             else {"given": False}
         ),
-        "urgency": draw(st.sampled_from([None, "normal", "urgent", "emergency"])),
-        "notes": draw(st.sampled_from([None, "Fictional fuzz intake."])),
+        "urgency": urgency,
+        "notes": notes,
     }
+
+
+@st.composite
+def valid_intakes(draw) -> dict[str, Any]:
+    """A fictional intake that the API accepts as is."""
+    return fictional_intake(
+        minor=draw(st.booleans()),
+        danger=draw(st.booleans()),
+        consent=draw(st.booleans()),
+        region=draw(st.sampled_from(REGIONS)),
+        sector=draw(st.sampled_from(["agriculture", "domestic_work", "other"])),
+        indicators=draw(st.lists(st.sampled_from(INDICATORS), max_size=4)),
+        nationality=draw(st.sampled_from(["CI", "NG", "SN", "ma"])),
+        languages=draw(st.lists(st.sampled_from(["fr", "ar", "en", "wo"]), max_size=3)),
+        contact_phone=draw(st.sampled_from([None, "+212650123459", "0650123458"])),
+        needs=draw(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3)),
+        urgency=draw(st.sampled_from([None, "normal", "urgent", "emergency"])),
+        notes=draw(st.sampled_from([None, "Fictional fuzz intake."])),
+    )
 
 
 PATHS = [
@@ -265,8 +306,8 @@ async def test_a_valid_intake_under_a_wrong_content_type_starts_nothing(api, dat
     assert r.status_code == 415, r.text
 
 
-async def test_no_referral_started_without_a_201(api):
-    """Visibility agrees: the workflows on the fuzz task queue are exactly the 201s."""
+async def assert_visibility_agrees(api: Api) -> None:
+    """The workflows on the API's task queue are exactly the 201s."""
 
     async def counted():
         count = await api.client.count_workflows(f"TaskQueue = '{api.task_queue}'")
@@ -275,3 +316,35 @@ async def test_no_referral_started_without_a_201(api):
     await wait_for(counted, timeout=15)
     ids = {wf.id async for wf in api.client.list_workflows(f"TaskQueue = '{api.task_queue}'")}
     assert ids == {referrals.workflow_id(code) for code in api.created.values()}
+
+
+async def test_fuzzed_requests_started_exactly_the_201s(api):
+    """After the fuzzing above (in this module's run), visibility agrees with the answers."""
+    await assert_visibility_agrees(api)
+
+
+async def test_no_referral_started_without_a_201(dev_env, tmp_path):
+    """On a task queue of its own, whatever ran before: valid intakes (each sent twice), one
+    with each field removed, one with each field of the wrong type, an unknown field, a valid
+    intake under other content types, and broken JSON; visibility holds exactly the 201s."""
+    async with open_api(dev_env.client, tmp_path / "data") as api:
+        for variant in (fictional_intake(), fictional_intake(minor=True, consent=False), fictional_intake(danger=True, needs=["medical", "shelter"])):
+            first = await api.post(_encode(variant, False), "application/json", variant["external_ref"])
+            assert first.status_code == 201, first.text
+            again = await api.post(_encode(variant, True), "application/json", variant["external_ref"])
+            assert again.status_code == 200, again.text
+        for path in PATHS:
+            for mutate in ("delete", "wrong_type"):
+                data = fictional_intake()
+                _set(data, path, [{"x": 1}], delete=mutate == "delete")
+                await api.post(_encode(data, False), "application/json", data.get("external_ref"))
+        data = fictional_intake()
+        data["unknown_field"] = "x"
+        assert (await api.post(_encode(data, False), "application/json", data["external_ref"])).status_code == 422
+        data = fictional_intake()
+        for content_type in ("text/plain", None, "application/x-www-form-urlencoded"):
+            assert (await api.post(_encode(data, False), content_type, data["external_ref"])).status_code == 415
+        assert (await api.post(_encode(data, False)[:40], "application/json", data["external_ref"])).status_code == 422
+        refused = sum(n for status, n in api.statuses.items() if 400 <= status < 500)
+        assert len(api.created) >= 3 and refused >= len(PATHS), api.statuses
+        await assert_visibility_agrees(api)

@@ -26,12 +26,13 @@ from temporalio.client import Client
 from twilio.request_validator import RequestValidator
 
 from activities.directory import load_directory
-from config.settings import CONFIG_DIR, Settings
+from config.settings import Settings
 from starter import referrals
 from starter.sms_commands import parse_sms
-from web.app import create_app
 from tests.cases import uniform_policy
 from tests.conftest import running_worker, wait_for
+from tests.fixtures import PARTNERS_FILE
+from web.app import create_app
 from workflows.intake import Intake
 from workflows.models import CoordinatorAction, ReferralStatus
 from workflows.referral import ReferralWorkflow
@@ -40,7 +41,7 @@ TOKEN = "fuzz-webhook-token-5d21"
 PUBLIC = "https://referrals.example.org"
 PATH = "/sms/inbound"
 PARTNER = "mar-assoc"
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 PARTNER_NUMBER = DIRECTORY.partner(PARTNER).sms
 MAX_EXAMPLES = 100
 FUZZ = settings(
@@ -84,6 +85,12 @@ class Hook:
     async def unchanged(self) -> None:
         assert await referrals.get_status(self.client, self.code) == self.baseline
 
+    async def untouched(self) -> None:
+        """No update was ever accepted and no signal received: nothing reached the referral."""
+        history = await self.client.get_workflow_handle(referrals.workflow_id(self.code)).fetch_history()
+        touched = {EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED}
+        assert not [e for e in history.events if e.event_type in touched], "the fuzzing changed the referral"
+
 
 def new_sid() -> str:
     return "SM" + secrets.token_hex(16)
@@ -120,6 +127,7 @@ async def hook(dev_env, smtp, tmp_path_factory) -> AsyncIterator[Hook]:
         smtp_host="127.0.0.1",
         smtp_port=smtp.port,
         referral_policy_file=policy,
+        referral_partners_file=PARTNERS_FILE,
         sms_backend="outbox",
         twilio_auth_token=TOKEN,
         public_base_url=PUBLIC,
@@ -153,9 +161,7 @@ async def hook(dev_env, smtp, tmp_path_factory) -> AsyncIterator[Hook]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
             h = Hook(http, client, code, baseline)
             yield h
-        history = await client.get_workflow_handle(referrals.workflow_id(code)).fetch_history()
-        touched = {EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED}
-        assert not [e for e in history.events if e.event_type in touched], "the fuzzing changed the referral"
+        await h.untouched()
         await referrals.coordinator_action(client, code, CoordinatorAction(action="cancel"))
         await client.get_workflow_handle_for(ReferralWorkflow.run, referrals.workflow_id(code)).result()
     print(f"\nSMS webhook fuzz: {sum(h.statuses.values())} requests, statuses {dict(sorted(h.statuses.items()))}")
@@ -287,6 +293,21 @@ async def test_a_command_for_an_unknown_code_from_the_partner(hook):
 
 
 async def test_the_referral_is_as_it_was(hook):
+    """Whatever ran before, and after requests of its own that must not apply (the partner's
+    accept unsigned, signed with another token, tampered, another partner's accept, an accept
+    for another code), the referral is as it was, still offered to mar-assoc, and its history
+    holds no update."""
+    accept = form(PARTNER_NUMBER, f"A {hook.code}")
+    assert (await hook.send(accept, signature=None)).status_code == 403
+    wrong = form(PARTNER_NUMBER, f"A {hook.code}")
+    assert (await hook.send(wrong, signature=RequestValidator(TOKEN + "x").compute_signature(PUBLIC + PATH, wrong))).status_code == 403
+    tampered = form(PARTNER_NUMBER, f"HELP {hook.code}")
+    signature = RequestValidator(TOKEN).compute_signature(PUBLIC + PATH, tampered)
+    tampered["Body"] = f"A {hook.code}"
+    assert (await hook.send(tampered, signature=signature)).status_code == 403
+    assert (await hook.send(form(other_numbers[0], f"A R-{hook.code}"))).status_code == 200
+    assert (await hook.send(form(PARTNER_NUMBER, "A R-" + ("3" * 5 if hook.code != "3" * 5 else "4" * 5)))).status_code == 200
     await hook.unchanged()
+    await hook.untouched()
     r = await hook.send(form(PARTNER_NUMBER, "HELP"))
     assert hook.code in r.text  # still open, still offered to mar-assoc

@@ -1,9 +1,10 @@
 """Record one workflow history per lifecycle path: `python -m tests.replay.record [NAME ...]`
 (or `make record-histories`).
 
-Each path runs against a fresh Temporal time-skipping test server with the production policy
-(config/policy.yaml), the real activities, a local SMTP sink and the outbox SMS backend, then
-writes `tests/replay/histories/<name>.json` (`WorkflowHistory.to_json()`). Payloads are written
+Each path runs against a fresh Temporal time-skipping test server with the tests' copy of the
+production policy and directory (tests/fixtures/), the real activities, a local SMTP sink and
+the outbox SMS backend, then writes `tests/replay/histories/<name>.json`
+(`WorkflowHistory.to_json()`). Payloads are written
 decoded (no encryption codec, see `tests.replay.replay_data_converter`), and the only intake is
 the fictional one below: no real person's data ever goes into these files.
 
@@ -29,15 +30,16 @@ import yaml
 from aiosmtpd.controller import Controller
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.referral_activities import ReferralActivities
-from config.settings import CONFIG_DIR, Settings
+from config.settings import Settings
 from starter import referrals
 from tests.conftest import BIN, SmtpSink, _Handler, free_port, wait_for
+from tests.fixtures import PARTNERS_FILE, POLICY_FILE
 from tests.replay import HISTORIES, payload_texts, replay_data_converter
 from worker import build_worker
 from workflows import search_attributes as sa
@@ -327,7 +329,7 @@ __doc__ = (__doc__ or "") + "".join(f"\n- {p.name}: {' '.join((p.scenario.__doc_
 
 
 def _directory_without_sms(work: Path) -> Path:
-    data = yaml.safe_load((CONFIG_DIR / "partners.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load(PARTNERS_FILE.read_text(encoding="utf-8"))
     for partner in data["partners"]:
         if partner["id"] == NO_SMS_PARTNER:
             partner.pop("sms", None)
@@ -364,8 +366,8 @@ async def record_one(path: Path_, smtp: SmtpSink, work: Path, out_dir: Path) -> 
         referral_data_dir=work / path.name,
         smtp_host="127.0.0.1",
         smtp_port=smtp.port,
-        referral_policy_file=CONFIG_DIR / "policy.yaml",
-        referral_partners_file=_directory_without_sms(work) if path.no_sms else CONFIG_DIR / "partners.yaml",
+        referral_policy_file=POLICY_FILE,
+        referral_partners_file=_directory_without_sms(work) if path.no_sms else PARTNERS_FILE,
         sms_backend="outbox",
         referral_allow_plaintext=True,
         metrics_port=0,

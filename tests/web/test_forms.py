@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.directory import load_directory
-from config.settings import CONFIG_DIR, Settings
+from config.settings import Settings
 from infra.translations import PACKAGED_MESSAGES_DIR, translations
 from starter import referrals
 from web import i18n, rendering, security, session_store
@@ -31,6 +31,7 @@ from web.routes import intake_form, referral_pages
 from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_case, adult_intake
 from tests.conftest import running_worker, wait_for
+from tests.fixtures import PARTNERS_FILE
 from workflows.intake import INDICATORS, REGIONS, SERVICES
 
 PASSWORD = "correct horse battery staple"
@@ -41,7 +42,7 @@ OTHER_HASH = FAST_HASHER.hash("another one")
 OLD_PBKDF2_HASH = "pbkdf2_sha256$600000$" + "ab" * 16 + "$" + "0" * 64
 TOKENS = "tok-first-123,tok-second-456"
 SECRET = "test-session-secret-" + "x" * 24
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 
 
 def web_settings(make_settings, **overrides: Any) -> Settings:

@@ -22,7 +22,7 @@ from activities.partner_links import (
     verify_partner_link,
 )
 from activities.sms import read_outbox
-from config.settings import CONFIG_DIR, Settings
+from config.settings import Settings
 from infra.signing import Signing
 from starter import referrals
 from web.app import create_app
@@ -31,11 +31,12 @@ from infra.translations import LANGUAGES, PACKAGED_MESSAGES_DIR, translations
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake
 from tests.conftest import running_worker, wait_for
 from workflows.intake import Person
+from tests.fixtures import PARTNERS_FILE
 from workflows.models import CoordinatorAction
 
 SECRET = "partner-link-test-secret-0123456789abcdef"
 BASE = "http://testserver"
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 LINK = re.compile(r"http://testserver/p/[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+(?:\?lang=[a-z]{2})?")
 NONCE = re.compile(r'name="csrf" value="([^"]+)"')
 

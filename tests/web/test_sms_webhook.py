@@ -28,19 +28,20 @@ from twilio.request_validator import RequestValidator
 from activities import sms_store
 from activities.directory import load_directory
 from activities.sms import read_outbox
-from config.settings import CONFIG_DIR, Settings
+from config.settings import Settings
 from starter import referrals, sms_reply
 from web.routes import sms_webhook
 from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake, uniform_policy
 from tests.conftest import free_port, running_worker, wait_for
+from tests.fixtures import PARTNERS_FILE
 from workflows.models import CoordinatorAction, ReferralStatus
 from workflows.referral import ReferralWorkflow
 
 TOKEN = "test-auth-token-for-webhooks"
 PUBLIC = "https://referrals.example.org"
 TWILIO_NUMBER = "+15005550006"
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 ARABIC = re.compile(r"[\u0600-\u06FF]")
 SECRETS = (PSEUDONYM, PHONE, PHONE[4:], NOTES[:20])
 

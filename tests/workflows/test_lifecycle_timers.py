@@ -1,4 +1,5 @@
-"""Every timer path of the referral lifecycle, on the time-skipping server with the production policy.
+"""Every timer path of the referral lifecycle, on the time-skipping server with the production
+ladder (the tests' copy, tests/fixtures/policy.yaml; the partners of tests/fixtures/partners.yaml).
 
 Casablanca-Settat, adult, French speaker: the shelter ladder is cas-assoc, nat-shelter-amane,
 nat-shelter-amal; medical starts with cas-clinic. Normal urgency: reminder at 12 h, deadline
@@ -11,14 +12,14 @@ from datetime import timedelta
 
 from activities.directory import load_directory
 from activities.sms import read_outbox
-from config.settings import CONFIG_DIR
 from starter import referrals
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake
 from tests.conftest import running_worker, wait_for
+from tests.fixtures import PARTNERS_FILE
 from workflows.models import CoordinatorAction, PartnerReply
 from workflows.referral import ReferralWorkflow
 
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 COORDINATOR = DIRECTORY.coordinator("casablanca-settat")
 NATIONAL = DIRECTORY.national_focal_point
 

@@ -9,14 +9,14 @@ from temporalio.api.enums.v1 import EventType
 
 from activities.directory import load_directory
 from activities.sms import read_outbox
-from config.settings import CONFIG_DIR
 from starter import referrals
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake, uniform_policy
 from tests.conftest import running_worker, wait_for
+from tests.fixtures import PARTNERS_FILE
 from workflows.models import CoordinatorAction, PartnerReply
 from workflows.referral import ReferralWorkflow
 
-DIRECTORY = load_directory(CONFIG_DIR / "partners.yaml")
+DIRECTORY = load_directory(PARTNERS_FILE)
 COORDINATOR = DIRECTORY.coordinator("casablanca-settat")
 
 FAST_POLICY = uniform_policy("2s", "1s", "30s", "2s", "1h")

@@ -1,4 +1,4 @@
-"""A Twilio-compatible Messages API on loopback, for tests: no network, no account.
+"""A Twilio-compatible Messages API on loopback, for the tests and the bench: no network, no account.
 
     with FakeTwilio() as fake:                       # uvicorn in a background thread
         settings = make_settings(sms_backend="twilio", **fake.settings_overrides())
@@ -45,7 +45,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -148,11 +148,11 @@ class RecordedRequest:
     form: dict[str, str]
     headers: dict[str, str]
     behaviour: Behaviour | None
-    at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def _rfc2822(dt: datetime | None) -> str | None:
-    return email.utils.format_datetime(dt.astimezone(timezone.utc)) if dt else None
+    return email.utils.format_datetime(dt.astimezone(UTC)) if dt else None
 
 
 def _parse_date_filter(value: str) -> tuple[date | datetime, bool]:
@@ -161,7 +161,7 @@ def _parse_date_filter(value: str) -> tuple[date | datetime, bool]:
     if len(value) == 10:
         return date.fromisoformat(value), True
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)), False
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)), False
 
 
 class FakeTwilio:
@@ -291,7 +291,7 @@ class FakeTwilio:
         return params
 
     def set_status(self, sid: str, message_status: str, error_code: int | str | None = None) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with self._lock:
             for m in self._messages:
                 if m["sid"] == sid:
@@ -417,7 +417,7 @@ class FakeTwilio:
         return None
 
     def _create(self, form: dict[str, str]) -> dict[str, Any]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         sid = "SM" + secrets.token_hex(16)
         msid = form.get("MessagingServiceSid") or None
         message = {

@@ -1,11 +1,11 @@
 """Loopback stand-ins for the bench, in one process: an SMTP sink (aiosmtpd) that counts what
-it receives, and the Twilio-compatible fake (tests/fakes/twilio_server.py) that also plays the
+it receives, and the Twilio stand-in (standins/twilio.py) that also plays the
 partners: for the numbers given with --auto, each SMS carrying a referral code is answered,
 like a partner would, by a Twilio-signed `POST /sms/inbound` to the web app: an offer with
 `A <code>`, the first check-in with `OK <code>`, the next with `DONE <code>` (told apart by the
 commands the SMS asks for, so a late confirmation or a reminder is not mistaken for one).
 
-    python -m bench.standins --smtp-port P --twilio-port P --webhook URL --auto +212..,+212..
+    python -m bench.partners --smtp-port P --twilio-port P --webhook URL --auto +212..,+212..
 
 `GET /bench/stats` on the fake answers JSON counts (messages, emails, replies, answers).
 """
@@ -28,8 +28,8 @@ import uvicorn
 from aiosmtpd.controller import Controller
 from starlette.responses import JSONResponse
 
+from standins.twilio import DEFAULT_AUTH_TOKEN, FakeTwilio, signed_headers
 from starter.sms_reply import inbound_form
-from tests.fakes.twilio_server import DEFAULT_AUTH_TOKEN, FakeTwilio, signed_headers
 
 CODE = re.compile(r"R-([34679ACDEFGHJKMNPQRTUVWXY]{5})")
 

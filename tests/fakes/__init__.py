@@ -1,1 +1,0 @@
-"""Stand-ins for outside services, run on loopback in tests."""
