@@ -10,12 +10,12 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from starter.devstack import temporal_server
 from starter.devstack.console import HOST, StartupError, say, shown
 from starter.devstack.environment import Plan, check_ports, lock_data_dir, plan
 from starter.devstack.guide import print_ready
 from starter.devstack.mail import start_smtp
 from starter.devstack.processes import Child, ChildDied, poll
+from starter.devstack.temporal_server import START_TIMEOUT, connect_when_up, ensure_search_attributes, server_argv
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -115,11 +115,11 @@ class Devstack:
     # -- parts
 
     async def start_temporal(self) -> None:
-        argv = temporal_server.server_argv(self.p)
+        argv = server_argv(self.p)
         say(f"devstack: starting the Temporal dev server on {HOST}:{self.p.temporal_port} (state in {shown(self.p.data_dir / 'temporal.db')})")
         self.children["temporal"] = await Child.start("temporal", argv)
-        client = await temporal_server.connect_when_up(self.p)
-        await temporal_server.ensure_search_attributes(client, self.p)
+        client = await connect_when_up(self.p)
+        await ensure_search_attributes(client, self.p)
         self.client = client
 
     async def start_apps(self) -> None:
@@ -159,7 +159,7 @@ class Devstack:
             async def ok() -> bool:
                 return (await http.get(url)).status_code == 200
 
-            await poll(ok, f"the {what} did not answer {url}", temporal_server.START_TIMEOUT)
+            await poll(ok, f"the {what} did not answer {url}", START_TIMEOUT)
 
 
 def main() -> None:
