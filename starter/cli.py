@@ -29,9 +29,7 @@ from config.settings import get_settings
 from infra.temporal import EncryptionNotConfigured, connect
 from starter import referrals
 from workflows.intake import REGIONS, SERVICES, Intake, describe_errors
-from workflows.models import PARTNER_ACTIONS, STAGE_ORDER, CoordinatorAction, PartnerReply
-
-STAGES = (*STAGE_ORDER, "escalated")
+from workflows.models import PARTNER_ACTIONS, STAGES, CoordinatorAction, PartnerReply
 
 
 class UsageError(Exception):

@@ -7,7 +7,7 @@ they are shown in status output, written in messages, or passed to activities th
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,10 +16,10 @@ from workflows.intake import Assessment, Intake, Person, Service, Urgency
 Stage = Literal[
     "identification", "notification", "awaiting_acceptance", "follow_up", "escalated", "closed"
 ]
-# Least advanced first: a referral's stage is the least advanced of its services.
-STAGE_ORDER: tuple[str, ...] = (
-    "identification", "notification", "awaiting_acceptance", "follow_up", "closed"
-)
+STAGES: tuple[Stage, ...] = get_args(Stage)
+# Least advanced first: a referral's stage is the least advanced of its services (unless one is
+# escalated: workflows/projection.py).
+STAGE_ORDER: tuple[Stage, ...] = tuple(s for s in STAGES if s != "escalated")
 
 PARTNER_ACTIONS = ("accept", "decline", "ok", "done", "issue")
 COORDINATOR_ACTIONS = ("assign", "cancel", "close", "withdraw_consent")
@@ -143,7 +143,7 @@ class ActionOutcome(_Model):
 
 
 # Reasons an update is rejected; the SMS webhook maps each to a reply in the partner's language.
-REJECTION_TYPES = (
+RejectionKind = Literal[
     "unknown_action",  # not a command we know
     "not_offered",  # this partner was never offered this referral
     "reassigned",  # offered once, but passed over since
@@ -151,7 +151,8 @@ REJECTION_TYPES = (
     "not_applicable",  # e.g. DONE before accepting
     "referral_closed",
     "invalid",  # a required field is missing or wrong
-)
+]
+REJECTION_TYPES: tuple[RejectionKind, ...] = get_args(RejectionKind)
 
 
 # --- status --------------------------------------------------------------------------------

@@ -16,16 +16,14 @@ from typing import Callable
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.referral_activities import ReferralActivities
+    from workflows import projection
     from workflows import search_attributes as sa
+    from workflows import update_rules
     from workflows.intake import assess
     from workflows.models import (
-        COORDINATOR_ACTIONS,
-        PARTNER_ACTIONS,
-        STAGE_ORDER,
         ActionOutcome,
         Attempt,
         Candidate,
@@ -35,7 +33,6 @@ with workflow.unsafe.imports_passed_through():
         EscalationPolicy,
         FollowUp,
         MatchRequest,
-        Notice,
         NoticeContext,
         PartnerReply,
         PersonDetails,
@@ -44,74 +41,13 @@ with workflow.unsafe.imports_passed_through():
         ReferralSummary,
         ReplyOutcome,
         ServiceStatus,
+        Stage,
     )
+    from workflows.notices import Notices, notice_context
+    from workflows.projection import when_utc as _at
 
-# Errors that retrying cannot fix: the channel is recorded as a problem and the other used.
-NON_RETRYABLE_DELIVERY = [
-    "InvalidPhoneNumber",
-    "OptedOut",
-    "NoSmsNumber",
-    "InvalidEmailAddress",
-    "RecipientRefused",
-    "UnknownRecipient",
-]
-DELIVERY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=2),
-    non_retryable_error_types=NON_RETRYABLE_DELIVERY,
-)
 # Config files can be fixed by an operator while the activity retries, so nothing is final.
 CONFIG_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
-SEND_TIMEOUT = timedelta(seconds=45)
-# Past this a message is given up and shown as a channel problem.
-DELIVERY_GIVE_UP = timedelta(hours=24)
-
-PARTNER_TEMPLATES_BY_SMS = {"offer", "reminder", "offer_withdrawn", "assigned", "checkin", "referral_closed"}
-# Coordinators get every notice by email; these also by SMS because someone must act now.
-COORDINATOR_TEMPLATES_BY_SMS = {"escalation", "ladder_exhausted", "escalated_alert", "issue_reported"}
-
-
-def _at(when: datetime) -> str:
-    """A deadline as timer summaries and the details table show it."""
-    return when.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _last_event(s: ServiceStatus) -> str:
-    """The service's latest event, for the details table: what happened, to whom, when."""
-    events: list[tuple[datetime, str]] = []
-    for a in s.attempts:
-        events.append((a.offered_at, f"offered to {a.partner_id}"))
-        if a.reminded:
-            events.append((a.remind_at, f"{a.partner_id} reminded"))
-        if a.outcome is not None:
-            at = a.replied_at or (a.deadline if a.outcome == "timed_out" else a.offered_at)
-            events.append((at, f"{a.partner_id} {a.outcome.replace('_', ' ')}"))
-    for f in s.follow_ups:
-        if f.sent_at is not None:
-            events.append((f.sent_at, f"check-in {f.number} sent"))
-        if f.answer is not None:
-            events.append((f.answered_at or f.answer_by or f.due_at, f"check-in {f.number}: {f.answer}"))
-    if s.assigned_by_coordinator and s.accepted_at is not None and s.partner_id:
-        events.append((s.accepted_at, f"assigned to {s.partner_id}"))
-    if s.completed_at is not None:
-        events.append((s.completed_at, "completed"))
-    if not events:
-        return "-"
-    # The latest; of events at the same time, the one recorded last.
-    _, (at, what) = max(enumerate(events), key=lambda e: (e[1][0], e[0]))
-    return f"{what} ({at:%H:%M} UTC)"
-
-
-def _delivery_summary(notice: Notice, channel: str) -> str:
-    """`SMS offer to partner casa-shelter (shelter)`: what the UI shows for a send activity."""
-    what = "SMS" if channel == "sms" else "email"
-    about = notice.context.service or ", ".join(notice.context.services)
-    return f"{what} {notice.template.replace('_', ' ')} to {notice.recipient} {notice.recipient_id} ({about})"
-
-
-def _reject(kind: str, message: str) -> ApplicationError:
-    return ApplicationError(message, type=kind, non_retryable=True)
 
 
 @dataclass
@@ -123,20 +59,6 @@ class _ServiceRun:
     next_index: int = 0
     assignment: str | None = None  # partner assigned by hand, not yet taken up
     done: bool = False
-
-    def pending_attempt(self) -> Attempt | None:
-        if self.status.attempts and self.status.attempts[-1].outcome is None:
-            return self.status.attempts[-1]
-        return None
-
-    def open_checkin(self) -> FollowUp | None:
-        for f in reversed(self.status.follow_ups):
-            if f.sent_at is not None and f.answer is None:
-                return f
-        return None
-
-    def passed_over(self, partner_id: str) -> bool:
-        return any(a.partner_id == partner_id and a.outcome is not None for a in self.status.attempts)
 
 
 @workflow.defn
@@ -154,7 +76,7 @@ class ReferralWorkflow:
         self._closed_reason: str | None = None
         self._closed_at: datetime | None = None
         self._channel_problems: list[ChannelProblem] = []
-        self._background: list[asyncio.Task] = []
+        self._notices = Notices(input.intake.region, self._context, self._channel_problems, lambda: self._closed_at is not None)
         self._published: tuple | None = None
 
     # --- the lifecycle -------------------------------------------------------------------
@@ -200,14 +122,12 @@ class ReferralWorkflow:
             run.status.stage = "closed"
         self._publish()
         self._log("referral closed", reason=self._closed_reason)
-        self._notify(
-            "coordinator",
-            self._input.intake.region,
+        self._notices.to_coordinator(
             "summary",
             closed_reason=self._closed_reason,
-            summary_lines=[self._summary_line(r.status) for r in self._services.values()],
+            summary_lines=[projection.summary_line(r.status) for r in self._services.values()],
         )
-        await self._drain_background()
+        await self._notices.drain()
         return ReferralSummary(
             code=self._code,
             closed_reason=self._closed_reason,
@@ -361,7 +281,7 @@ class ReferralWorkflow:
         action = reply.action.lower()
         for run in runs:
             if action in ("accept", "decline"):
-                attempt = run.pending_attempt()
+                attempt = projection.pending_attempt(run.status)
                 assert attempt is not None
                 attempt.outcome = "accepted" if action == "accept" else "declined"
                 attempt.replied_at = now
@@ -373,7 +293,7 @@ class ReferralWorkflow:
                         "time_to_acceptance_seconds", "from the referral's start to a partner's acceptance", "s"
                     ).record(max(waited, 0.0), {"urgency": self._assessment.urgency})
             else:
-                checkin = run.open_checkin()
+                checkin = projection.open_checkin(run.status)
                 if checkin is not None:
                     checkin.answer = action  # type: ignore[assignment]
                     checkin.answered_at = now
@@ -393,44 +313,11 @@ class ReferralWorkflow:
         self._reply_targets(reply)
 
     def _reply_targets(self, reply: PartnerReply) -> list[_ServiceRun]:
-        """The services a reply applies to, or the reason it applies to none."""
-        action = reply.action.lower()
-        code = f"R-{self._code}"
-        if action not in PARTNER_ACTIONS:
-            raise _reject("unknown_action", f"unknown command {reply.action!r}")
-        if self._closing or self._closed_reason:
-            raise _reject("referral_closed", f"{code} is closed")
-        runs = [
-            r for r in self._services.values()
-            if reply.service is None or r.status.service == reply.service
-        ]
-        if not runs:
-            raise _reject("invalid", f"{code} has no service {reply.service!r}")
-        pid = reply.partner_id
-        if action in ("accept", "decline"):
-            pending = [r for r in runs if (a := r.pending_attempt()) and a.partner_id == pid]
-            if pending:
-                return pending
-            if any(r.status.partner_id == pid and r.status.accepted_at for r in runs):
-                if action == "accept":
-                    raise _reject("already_applied", f"{code}: you have already accepted")
-                raise _reject("not_applicable", f"{code}: already accepted; reply ISSUE to raise a problem")
-        else:
-            mine = [
-                r for r in runs
-                if r.status.partner_id == pid and r.status.accepted_at and not r.done
-            ]
-            if mine:
-                if action == "ok" and not any(r.open_checkin() for r in mine):
-                    raise _reject("already_applied", f"{code}: nothing to confirm now")
-                return mine
-            if any(r.status.partner_id == pid and r.done for r in runs):
-                raise _reject("already_applied", f"{code}: already completed")
-            if any((a := r.pending_attempt()) and a.partner_id == pid for r in runs):
-                raise _reject("not_applicable", f"{code}: accept the referral first")
-        if any(r.passed_over(pid) for r in runs):
-            raise _reject("reassigned", f"{code} was reassigned")
-        raise _reject("not_offered", f"{code} is not offered to you")
+        """The services a reply applies to; raises the reason it applies to none."""
+        targets = update_rules.reply_targets(
+            self._statuses(), self._done(), reply, ref=f"R-{self._code}", closed=bool(self._closing or self._closed_reason)
+        )
+        return [self._services[s.service] for s in targets]
 
     @workflow.signal
     def report_channel_problem(self, report: ChannelReport) -> None:
@@ -452,20 +339,14 @@ class ReferralWorkflow:
         self._log("channel problem reported", partner=report.partner_id, channel=report.channel, problem=report.problem)
         if report.channel == "sms":
             self._count("sms_failures", "SMS that could not be sent or delivered, by problem", problem=report.problem)
-        services = [r.status.service for r in self._services.values() if report.partner_id in self._involved(r)]
-        self._notify(
-            "coordinator",
-            self._input.intake.region,
+        services = [r.status.service for r in self._services.values() if projection.involves(r.status, report.partner_id)]
+        self._notices.to_coordinator(
             "channel_problem",
             service=services[0] if services else None,
             partner_id=report.partner_id,
             channel=report.channel,
             problem=report.problem,
         )
-
-    @staticmethod
-    def _involved(run: _ServiceRun) -> set[str]:
-        return {a.partner_id for a in run.status.attempts} | ({run.status.partner_id} if run.status.partner_id else set())
 
     # --- coordinator actions -------------------------------------------------------------
 
@@ -487,42 +368,28 @@ class ReferralWorkflow:
 
     @coordinator_action.validator
     def _validate_action(self, action: CoordinatorAction) -> None:
-        code = f"R-{self._code}"
-        if action.action not in COORDINATOR_ACTIONS:
-            raise _reject("unknown_action", f"unknown action {action.action!r}; expected one of {', '.join(COORDINATOR_ACTIONS)}")
-        if self._closing or self._closed_reason:
-            raise _reject("referral_closed", f"{code} is closed")
-        if action.action == "assign" and not action.partner_id:
-            raise _reject("invalid", "partner_id: required to assign")
-        if action.action == "assign" and not action.service:
-            raise _reject("invalid", "service: required to assign")
-        if action.service is not None:
-            run = self._services.get(action.service)
-            if run is None:
-                raise _reject("invalid", f"service: {code} has no service {action.service!r}")
-            if run.done or run.status.stage == "closed":
-                raise _reject("not_applicable", f"service: {action.service} is already completed")
-            if action.action == "assign" and run.status.accepted_at and run.status.partner_id == action.partner_id:
-                raise _reject("already_applied", f"{action.partner_id} already has {action.service}")
+        update_rules.check_coordinator_action(
+            self._statuses(), self._done(), action, ref=f"R-{self._code}", closed=bool(self._closing or self._closed_reason)
+        )
 
     # --- what operators and the CLI see ----------------------------------------------------
 
     @workflow.query
     def status(self) -> ReferralStatus:
         intake = self._input.intake
-        awaiting, due = self._awaiting()
+        awaiting, due = projection.awaited(self._statuses())
         return ReferralStatus(
             code=self._code,
             workflow_id=workflow.info().workflow_id,
             external_ref=intake.external_ref,
-            stage=self._stage(),  # type: ignore[arg-type]
+            stage=self._stage(),
             urgency=self._assessment.urgency,
             region=intake.region,
             started_at=workflow.info().start_time,
             assessment=self._assessment,
             age_group=intake.person.age_group,
             languages=intake.person.languages,
-            services=[r.status for r in self._services.values()],
+            services=self._statuses(),
             escalation_level=self._escalation_level(),
             awaiting_partners=awaiting,
             reply_due_by=due,
@@ -533,110 +400,46 @@ class ReferralWorkflow:
 
     @workflow.query
     def person_details(self, partner_id: str) -> PersonDetails | None:
-        """PERSONAL DATA, for the partner details page only: the person and notes, when this
-        partner currently holds a service (accepted, or assigned by the coordinator, and not yet
-        completed) of an open referral; None otherwise, e.g. before acceptance or for anyone else."""
-        if self._closing or self._closed_at is not None:
+        """PERSONAL DATA, for the partner details page only: the person and notes when
+        `projection.may_see_person_details` allows this partner; None otherwise."""
+        # A service the coordinator has just closed is done before its loop stamps completed_at.
+        open_services = [r.status for r in self._services.values() if not r.done]
+        closed = bool(self._closing) or self._closed_at is not None
+        if not projection.may_see_person_details(open_services, partner_id, closed=closed):
             return None
-        for run in self._services.values():
-            if run.done or run.status.stage == "closed":
-                continue
-            holds = run.status.partner_id == partner_id and run.status.accepted_at is not None
-            # Accepted by an update the service loop has not taken up yet
-            last = run.status.attempts[-1] if run.status.attempts else None
-            just_accepted = (
-                run.status.accepted_at is None
-                and last is not None
-                and last.partner_id == partner_id
-                and last.outcome == "accepted"
-            )
-            if holds or just_accepted:
-                intake = self._input.intake
-                return PersonDetails(person=intake.person, notes=intake.notes)
-        return None
+        return PersonDetails(person=self._input.intake.person, notes=self._input.intake.notes)
 
-    def _stage(self) -> str:
-        if self._closed_at is not None:
-            return "closed"
-        stages = [r.status.stage for r in self._services.values()]
-        if "escalated" in stages:
-            return "escalated"
-        return min(stages, key=STAGE_ORDER.index) if stages else "identification"
+    def _statuses(self) -> list[ServiceStatus]:
+        return [r.status for r in self._services.values()]
+
+    def _done(self) -> set[str]:
+        """Services completed or closed by hand, perhaps not yet marked so by their loop."""
+        return {name for name, r in self._services.items() if r.done}
+
+    def _stage(self) -> Stage:
+        return projection.referral_stage(self._statuses(), closed=self._closed_at is not None)
 
     def _escalation_level(self) -> int:
-        return max((r.status.escalation_level for r in self._services.values()), default=0)
-
-    def _awaiting(self) -> tuple[list[str], datetime | None]:
-        partners: list[str] = []
-        deadlines: list[datetime] = []
-        for run in self._services.values():
-            attempt = run.pending_attempt()
-            checkin = run.open_checkin()
-            if attempt is not None:
-                partners.append(attempt.partner_id)
-                deadlines.append(attempt.deadline)
-            elif checkin is not None and run.status.partner_id and checkin.answer_by:
-                partners.append(run.status.partner_id)
-                deadlines.append(checkin.answer_by)
-        return sorted(set(partners)), min(deadlines, default=None)
-
-    def _engaged(self) -> list[str]:
-        """Partners offered the referral now, or serving a service not yet completed."""
-        partners = set()
-        for run in self._services.values():
-            if run.status.stage == "closed" or run.done:
-                continue
-            if run.pending_attempt() is not None or run.status.accepted_at is not None:
-                if run.status.partner_id:
-                    partners.add(run.status.partner_id)
-        return sorted(partners)
+        return projection.escalation_level(self._statuses())
 
     def _publish(self) -> None:
         """Refresh the UI's current details (no history event: served by the metadata query);
         upsert search attributes only when something they show changed."""
-        awaiting, due = self._awaiting()
-        engaged = self._engaged()
+        awaiting, due = projection.awaited(self._statuses())
+        engaged = projection.engaged_partners(r.status for r in self._services.values() if not r.done)
         stage = self._stage()
         level = self._escalation_level()
-        workflow.set_current_details(self._details_markdown(stage))
+        workflow.set_current_details(
+            projection.details_markdown(self._code, stage, self._assessment.urgency, self._statuses(), self._closed_reason)
+        )
         state = (stage, tuple(awaiting), tuple(engaged), due, level)
         if state == self._published:
             return
         self._published = state
+        intake = self._input.intake
         workflow.upsert_search_attributes(
-            [
-                sa.REFERRAL_STAGE.value_set(stage),
-                sa.REFERRAL_URGENCY.value_set(self._assessment.urgency),
-                sa.REFERRAL_REGION.value_set(self._input.intake.region),
-                sa.REFERRAL_SERVICES.value_set(list(self._services)),
-                sa.AWAITING_PARTNERS.value_set(awaiting),
-                sa.REFERRAL_PARTNERS.value_set(engaged),
-                sa.ESCALATION_LEVEL.value_set(level),
-                sa.REPLY_DUE_BY.value_set(due) if due else sa.REPLY_DUE_BY.value_unset(),
-            ]
+            sa.current(stage, self._assessment.urgency, intake.region, list(self._services), awaiting, engaged, level, due)
         )
-
-    def _details_markdown(self, stage: str) -> str:
-        lines = [f"**R-{self._code}** · stage `{stage}` · urgency `{self._assessment.urgency}`", ""]
-        lines.append("| service | stage | partner | deadline | level | last event |")
-        lines.append("|---|---|---|---|---|---|")
-        for run in self._services.values():
-            s = run.status
-            attempt = run.pending_attempt()
-            checkin = run.open_checkin()
-            deadline = attempt.deadline if attempt else (checkin.answer_by if checkin else None)
-            when = _at(deadline) if deadline else "-"
-            lines.append(
-                f"| {s.service} | {s.stage} | {s.partner_id or '-'} | {when} | {s.escalation_level} | {_last_event(s)} |"
-            )
-        if self._closed_reason:
-            lines += ["", f"Closed: {self._closed_reason}"]
-        return "\n".join(lines)
-
-    @staticmethod
-    def _summary_line(s: ServiceStatus) -> str:
-        partner = s.partner_id if s.accepted_at else "no partner"
-        return f"{s.service}: {s.stage}, {partner}, {len(s.attempts)} offer(s), escalation level {s.escalation_level}"
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -673,91 +476,24 @@ class ReferralWorkflow:
             return condition()
 
     def _context(self, **extra: object) -> NoticeContext:
-        intake = self._input.intake
-        values: dict[str, object] = dict(
-            code=self._code,
-            urgency=self._assessment.urgency,
-            region=intake.region,
-            services=list(self._services),
-            escalation_level=self._escalation_level(),
-            age_group=intake.person.age_group,
-            languages=intake.person.languages,
-            interpreter_needed=self._assessment.interpreter_needed,
-        )
-        values.update(extra)
-        return NoticeContext.model_validate(values)
+        services, level = list(self._services), self._escalation_level()
+        return notice_context(self._code, self._input.intake, self._assessment, services, level, **extra)
 
     def _notify_partner(self, run: _ServiceRun, partner_id: str, template: str, **extra: object) -> asyncio.Task[bool]:
-        return self._notify("partner", partner_id, template, service=run.status.service, **extra)
+        return self._notices.send("partner", partner_id, template, service=run.status.service, **extra)
 
     def _notify_coordinator(self, run: _ServiceRun, template: str, **extra: object) -> asyncio.Task[bool]:
         extra.setdefault("escalation_level", run.status.escalation_level)
-        return self._notify("coordinator", self._input.intake.region, template, service=run.status.service, **extra)
-
-    def _notify(self, recipient: str, recipient_id: str, template: str, **extra: object) -> asyncio.Task[bool]:
-        """Send by email and, where it matters, SMS, in the background; the task says if any got through."""
-        notice = Notice(
-            recipient=recipient,  # type: ignore[arg-type]
-            recipient_id=recipient_id,
-            template=template,  # type: ignore[arg-type]
-            context=self._context(**extra),
-        )
-        by_sms = PARTNER_TEMPLATES_BY_SMS if recipient == "partner" else COORDINATOR_TEMPLATES_BY_SMS
-        channels = ["sms", "email"] if template in by_sms else ["email"]
-        task = asyncio.create_task(self._deliver_any(notice, channels))
-        self._background.append(task)
-        return task
-
-    async def _deliver_any(self, notice: Notice, channels: list[str]) -> bool:
-        sends = [asyncio.create_task(self._deliver(notice, c)) for c in channels]
-        results = await asyncio.gather(*sends, return_exceptions=True)
-        return any(r is True for r in results)
-
-    async def _deliver(self, notice: Notice, channel: str) -> bool:
-        method = ReferralActivities.send_sms if channel == "sms" else ReferralActivities.send_email
-        try:
-            await workflow.execute_activity_method(
-                method,
-                notice,
-                start_to_close_timeout=SEND_TIMEOUT,
-                schedule_to_close_timeout=DELIVERY_GIVE_UP,
-                retry_policy=DELIVERY_RETRY,
-                summary=_delivery_summary(notice, channel),
-            )
-            return True
-        except ActivityError as err:
-            cause = err.cause
-            problem = cause.type if isinstance(cause, ApplicationError) and cause.type else "gave_up"
-            self._channel_problems.append(
-                ChannelProblem(at=workflow.now(), partner_id=notice.recipient_id, channel=channel, problem=problem)  # type: ignore[arg-type]
-            )
-            if notice.recipient == "partner" and not self._closed_at:
-                self._notify(
-                    "coordinator",
-                    self._input.intake.region,
-                    "channel_problem",
-                    service=notice.context.service,
-                    partner_id=notice.recipient_id,
-                    channel=channel,
-                    problem=problem,
-                )
-            return False
+        return self._notices.to_coordinator(template, service=run.status.service, **extra)
 
     def _cancel_pending_messages(self) -> None:
-        """On closure, offers and check-ins still retrying must not go out late."""
-        for task in self._background:
-            if not task.done():
-                task.cancel()
-        self._background = []
+        """On closure, offers and check-ins still retrying must not go out late; the partners
+        offered or holding a service are told the referral is closed."""
+        self._notices.cancel_pending()
         for run in self._services.values():
-            attempt = run.pending_attempt()
+            attempt = projection.pending_attempt(run.status)
             if attempt is not None:
                 attempt.outcome = "withdrawn"
                 self._notify_partner(run, attempt.partner_id, "referral_closed", closed_reason=self._closing)
             elif run.status.accepted_at and run.status.partner_id and not run.done:
                 self._notify_partner(run, run.status.partner_id, "referral_closed", closed_reason=self._closing)
-
-    async def _drain_background(self) -> None:
-        while self._background:
-            pending, self._background = self._background, []
-            await asyncio.gather(*pending, return_exceptions=True)

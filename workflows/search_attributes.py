@@ -3,9 +3,12 @@
 Registered at server start (make run, tests, docker-compose) from `ALL` below.
 """
 
-from collections.abc import Sequence
+from __future__ import annotations
 
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from collections.abc import Sequence
+from datetime import datetime
+
+from temporalio.common import SearchAttributeKey, SearchAttributePair, SearchAttributeUpdate, TypedSearchAttributes
 
 REFERRAL_STAGE = SearchAttributeKey.for_keyword("ReferralStage")
 REFERRAL_URGENCY = SearchAttributeKey.for_keyword("ReferralUrgency")
@@ -41,3 +44,26 @@ def initial(region: str, urgency: str, services: Sequence[str]) -> TypedSearchAt
             SearchAttributePair(ESCALATION_LEVEL, 0),
         ]
     )
+
+
+def current(
+    stage: str,
+    urgency: str,
+    region: str,
+    services: list[str],
+    awaiting: list[str],
+    engaged: list[str],
+    level: int,
+    due: datetime | None,
+) -> list[SearchAttributeUpdate]:
+    """Everything the referral shows now, upserted whenever one of them changes."""
+    return [
+        REFERRAL_STAGE.value_set(stage),
+        REFERRAL_URGENCY.value_set(urgency),
+        REFERRAL_REGION.value_set(region),
+        REFERRAL_SERVICES.value_set(services),
+        AWAITING_PARTNERS.value_set(awaiting),
+        REFERRAL_PARTNERS.value_set(engaged),
+        ESCALATION_LEVEL.value_set(level),
+        REPLY_DUE_BY.value_set(due) if due else REPLY_DUE_BY.value_unset(),
+    ]

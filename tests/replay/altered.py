@@ -13,6 +13,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.referral_activities import ReferralActivities
     from workflows.models import Notice, ReferralInput, ReferralSummary
+    from workflows.notices import Notices
     from workflows.referral import ReferralWorkflow
 
 
@@ -38,13 +39,20 @@ class ExtraActivity(ReferralWorkflow):
         return await super().run(input)
 
 
+class _EmailFirstNotices(Notices):
+    async def _deliver_any(self, notice: Notice, channels: list[str]) -> bool:
+        return await super()._deliver_any(notice, list(reversed(channels)))
+
+
 @workflow.defn(name="ReferralWorkflow")
 class EmailBeforeSms(ReferralWorkflow):
     """An innocent-looking refactor: each notice sent by email first, then SMS."""
 
+    @workflow.init
+    def __init__(self, input: ReferralInput) -> None:
+        super().__init__(input)
+        self._notices.__class__ = _EmailFirstNotices  # the same notices, sending in the other order
+
     @workflow.run
     async def run(self, input: ReferralInput) -> ReferralSummary:
         return await super().run(input)
-
-    async def _deliver_any(self, notice: Notice, channels: list[str]) -> bool:
-        return await super()._deliver_any(notice, list(reversed(channels)))

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from html import unescape
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -33,6 +33,7 @@ from tests.cases import NOTES, PHONE, PSEUDONYM, adult_case, adult_intake
 from tests.conftest import running_worker, wait_for
 from tests.fixtures import PARTNERS_FILE
 from workflows.intake import INDICATORS, REGIONS, SERVICES
+from workflows.projection import TimelineKind
 
 PASSWORD = "correct horse battery staple"
 # Cheap argon2 parameters keep the tests fast; a hash records its own parameters.
@@ -403,8 +404,7 @@ def test_every_ui_string_in_three_languages(make_settings) -> None:
     assert len(partner_used) > 15 and partner_used <= set(fr.section("partner_page")), partner_used - set(fr.section("partner_page"))
     used |= {f"done_{a}" for a in ("assign", "close_service", *referral_pages.WHOLE_ACTIONS)}
     used |= {f"rej_{k}" for k in referral_pages._REJECTION_KEYS}
-    used |= {f"ev_{o}" for o in ("accepted", "declined", "timed_out", "withdrawn", "reassigned")}
-    used |= {f"ev_checkin_{a}" for a in ("ok", "done", "issue", "silence")}
+    used |= {f"ev_{kind}" for kind in get_args(TimelineKind)}
     used |= set(intake_form.FIELD_LABELS.values()) | {"reason_unreachable"}
     assert used <= page, used - page
 
@@ -649,7 +649,9 @@ async def _status_when(client, code, predicate):
     return status if predicate(status) else None
 
 
-def test_service_timeline_orders_and_highlights() -> None:
+def test_service_timeline_is_the_projection_worded_for_the_page() -> None:
+    """The order and highlights are projection.service_timeline's (tests/workflows/test_projection.py);
+    the page adds translation keys, partner names and formatted times."""
     from datetime import datetime, timedelta, timezone
 
     from workflows.models import Attempt, FollowUp, ServiceStatus
@@ -663,7 +665,7 @@ def test_service_timeline_orders_and_highlights() -> None:
         accepted_at=t0 + 3 * hour,
         escalation_level=1,
         attempts=[
-            Attempt(partner_id="p1", offered_at=t0, remind_at=t0 + hour, deadline=t0 + 2 * hour, reminded=True, outcome="timed_out"),
+            Attempt(partner_id="p1", offered_at=t0, remind_at=t0 + hour, deadline=t0 + 2 * hour, reminded=True, outcome="timed_out", reason="unreachable"),
             Attempt(partner_id="p2", offered_at=t0 + 2 * hour, remind_at=t0 + 3 * hour, deadline=t0 + 4 * hour, outcome="accepted", replied_at=t0 + 3 * hour),
         ],
         follow_ups=[
@@ -677,4 +679,6 @@ def test_service_timeline_orders_and_highlights() -> None:
     ]
     assert [e.key for e in events if e.highlight] == ["ev_timed_out", "ev_checkin_silence"]
     assert events[-1].future and not any(e.future for e in events[:-1])
-    assert events[0].values["partner"] == "P1"
+    assert events[0].values == {"partner": "P1", "deadline": (t0 + 2 * hour).isoformat()}
+    assert events[2].reason == "unreachable" and events[2].reason_key == "reason_unreachable"
+    assert events[-1].values == {"partner": "P2", "n": 2, "answer_by": ""}

@@ -38,20 +38,16 @@ from web.security import authorised
 from workflows.intake import Intake, Region, Service, field_errors
 from workflows.models import (
     PARTNER_ACTIONS,
-    STAGE_ORDER,
     ActionOutcome,
     CoordinatorAction,
     PartnerReply,
     ReferralStatus,
     ReplyOutcome,
+    Stage,
 )
 
 MAX_BODY_BYTES = 64 * 1024
-STAGES = (*STAGE_ORDER, "escalated")
-
-StageName = Literal["identification", "notification", "awaiting_acceptance", "follow_up", "escalated", "closed"]
 PartnerAction = Literal["accept", "decline", "ok", "done", "issue"]
-assert set(STAGES) == set(StageName.__args__)  # type: ignore[attr-defined]
 assert set(PARTNER_ACTIONS) == set(PartnerAction.__args__)  # type: ignore[attr-defined]
 
 
@@ -302,7 +298,7 @@ async def status(code: CodePath, request: Request) -> ReferralStatus:
 @router.get("/referrals", response_model=ReferralList, summary="Referrals from Temporal visibility")
 async def list_(
     request: Request,
-    stage: Annotated[StageName | None, Query()] = None,
+    stage: Annotated[Stage | None, Query()] = None,
     region: Annotated[Region | None, Query()] = None,
     overdue: Annotated[bool, Query(description="open referrals past a deadline or escalated")] = False,
 ) -> ReferralList:

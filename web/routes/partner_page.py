@@ -47,7 +47,8 @@ from web.i18n import DEFAULT_LANG, LANGS, LANGUAGE_NAMES, Words
 from web.rendering import render_html
 from web.security import SecureRoute
 from workflows.intake import SERVICES
-from workflows.models import PartnerReply, PersonDetails, ReferralStatus, ServiceStatus
+from workflows.models import PartnerReply, PersonDetails, ReferralStatus
+from workflows.projection import PartnerStanding, involves, offered_to, partner_standing
 from workflows.referral import ReferralWorkflow
 
 router = APIRouter(route_class=SecureRoute, include_in_schema=False)
@@ -118,42 +119,13 @@ def _csrf_ok(settings: Settings, request: Request, token: str, field: str | None
 # --- what this partner may see ------------------------------------------------------------
 
 
-def _pending(s: ServiceStatus, partner_id: str) -> bool:
-    last = s.attempts[-1] if s.attempts else None
-    return s.stage != "closed" and last is not None and last.partner_id == partner_id and last.outcome is None
-
-
-def _holds(s: ServiceStatus, partner_id: str) -> bool:
-    if s.stage == "closed" or s.completed_at is not None:
-        return False
-    if s.partner_id == partner_id and s.accepted_at is not None:
-        return True
-    last = s.attempts[-1] if s.attempts else None
-    return s.accepted_at is None and last is not None and last.partner_id == partner_id and last.outcome == "accepted"
-
-
-def _involved(s: ServiceStatus, partner_id: str) -> bool:
-    return s.partner_id == partner_id or any(a.partner_id == partner_id for a in s.attempts)
-
-
 async def _person_details(client: Client, code: str, partner_id: str) -> PersonDetails | None:
     handle = client.get_workflow_handle_for(ReferralWorkflow.run, referrals.workflow_id(code))
     return await handle.query(ReferralWorkflow.person_details, partner_id)
 
 
-def _state(status: ReferralStatus, partner_id: str) -> str:
-    if status.closed_at is not None or status.stage == "closed":
-        return "closed"
-    services = status.services
-    if any(_holds(s, partner_id) for s in services):
-        return "held"
-    if any(_pending(s, partner_id) for s in services):
-        return "offered"
-    if any(s.partner_id == partner_id and s.completed_at for s in services):
-        return "completed"
-    if any(_involved(s, partner_id) for s in services):
-        return "passed"
-    return "not_offered"
+def _standing(status: ReferralStatus, partner_id: str) -> PartnerStanding:
+    return partner_standing(status.services, partner_id, closed=status.closed_at is not None or status.stage == "closed")
 
 
 @router.get("/p/{token}", response_class=HTMLResponse)
@@ -167,7 +139,7 @@ async def page(token: str, request: Request, lang: str | None = None, result: st
     client = deps.client_of(request)
     try:
         status = await referrals.get_status(client, code)
-        state = _state(status, partner_id)
+        state = _standing(status, partner_id)
         person = None if state == "closed" else await _person_details(client, code, partner_id)
     except referrals.ReferralNotFound:
         return _message(settings, lang, 404, "not_found")
@@ -176,10 +148,10 @@ async def page(token: str, request: Request, lang: str | None = None, result: st
 
     words = _words(settings, lang)
     none = words.t("none")
-    mine = [s for s in status.services if _involved(s, partner_id)]
+    mine = [s for s in status.services if involves(s, partner_id)]
     offer = None
     if mine:
-        pending = [s for s in mine if _pending(s, partner_id)]
+        pending = [s for s in mine if offered_to(s, partner_id)]
         due = min((s.attempts[-1].deadline for s in pending), default=None)
         offer = {
             "services": ", ".join(words.label("services", s.service) for s in mine),
@@ -190,7 +162,7 @@ async def page(token: str, request: Request, lang: str | None = None, result: st
             "interpreter": words.text("labels.yes" if status.assessment.interpreter_needed else "labels.no"),
             "reply_by": _when(due, settings.referral_timezone, words.text("message.time_format") or "%d/%m %H:%M"),
         }
-    pending_services = [(s.service, words.label("services", s.service)) for s in status.services if _pending(s, partner_id)]
+    pending_services = [(s.service, words.label("services", s.service)) for s in status.services if offered_to(s, partner_id)]
     person_view = None
     if person is not None:
         p = person.person

@@ -25,7 +25,8 @@ from config.settings import Settings
 from starter import referrals
 from web.deps import client_of, settings_of
 from workflows.intake import SERVICES
-from workflows.models import STAGE_ORDER, CoordinatorAction, ReferralStatus, ServiceStatus
+from workflows import projection
+from workflows.models import REJECTION_TYPES, STAGES, CoordinatorAction, ReferralStatus, ServiceStatus
 
 from web.security import SecureRoute, authenticated_session, csrf_ok, to_login
 from web.i18n import Words, language_of
@@ -33,8 +34,6 @@ from web.rendering import forbidden, not_found, render, unavailable
 import structlog
 
 log = structlog.get_logger(__name__)
-
-STAGES = (*STAGE_ORDER, "escalated")
 
 WHOLE_ACTIONS = ("close", "cancel", "withdraw_consent")
 ACTION_TIMEOUT_SECONDS = 20.0
@@ -46,6 +45,8 @@ router = APIRouter(route_class=SecureRoute, include_in_schema=False)
 
 @dataclass(frozen=True)
 class Event:
+    """A timeline event as the page shows it: a translation key and its values."""
+
     at: datetime | None
     key: str
     values: dict[str, Any]
@@ -58,46 +59,17 @@ class Event:
 def service_timeline(
     service: ServiceStatus, when: Callable[[datetime | None], str], name: Callable[[str], str] = str
 ) -> list[Event]:
-    """What happened to one service, oldest first; what is awaited comes last."""
-    events: list[Event] = []
-    for a in service.attempts:
-        p = name(a.partner_id)
-        events.append(Event(a.offered_at, "ev_offer", {"partner": p, "deadline": when(a.deadline)}))
-        if a.reminded:
-            events.append(Event(a.remind_at, "ev_reminder", {"partner": p}))
-        if a.outcome:
-            events.append(
-                Event(
-                    a.replied_at or a.deadline,
-                    f"ev_{a.outcome}",
-                    {"partner": p},
-                    highlight=a.outcome in ("timed_out", "declined"),
-                    reason=a.reason,
-                    reason_key="reason_unreachable" if a.reason == "unreachable" else None,
-                )
-            )
-        elif service.stage != "closed":
-            events.append(Event(a.deadline, "ev_awaiting", {"partner": p}, future=True))
-    if service.accepted_at and service.assigned_by_coordinator and service.partner_id:
-        events.append(Event(service.accepted_at, "ev_assigned", {"partner": name(service.partner_id)}))
-    if service.stage == "escalated":
-        last = max((e.at for e in events if e.at and not e.future), default=None)
-        events.append(Event(last, "ev_ladder_exhausted", {}, highlight=True))
-    for f in service.follow_ups:
-        values = {"n": f.number, "partner": name(f.partner_id), "answer_by": when(f.answer_by)}
-        if f.sent_at:
-            events.append(Event(f.sent_at, "ev_checkin_sent", values))
-        if f.answer:
-            events.append(
-                Event(f.answered_at or f.answer_by, f"ev_checkin_{f.answer}", values, highlight=f.answer in ("issue", "silence"))
-            )
-        elif not f.sent_at and service.stage != "closed":
-            events.append(Event(f.due_at, "ev_checkin_due", values, future=True))
-    if service.completed_at:
-        events.append(Event(service.completed_at, "ev_completed", {}))
-    past = sorted((e for e in events if not e.future), key=lambda e: (e.at is None, e.at or datetime.min))
-    future = sorted((e for e in events if e.future), key=lambda e: e.at or datetime.max)
-    return past + future
+    """`projection.service_timeline`, worded for the page: partner names and times formatted."""
+    events = []
+    for e in projection.service_timeline(service):
+        values: dict[str, Any] = {"partner": name(e.partner_id)} if e.partner_id else {}
+        if e.kind == "offer":
+            values["deadline"] = when(e.deadline)
+        elif e.checkin is not None:
+            values.update(n=e.checkin, answer_by=when(e.deadline))
+        reason_key = "reason_unreachable" if e.reason == "unreachable" else None
+        events.append(Event(e.at, f"ev_{e.kind}", values, e.highlight, e.future, e.reason, reason_key))
+    return events
 
 
 def _directory(settings: Settings) -> Directory | None:
@@ -169,10 +141,9 @@ async def referral_page(request: Request, code: str) -> Response:
     )
 
 
-_REJECTION_KEYS = (
-    "unknown_action", "not_offered", "reassigned", "already_applied", "not_applicable",
-    "referral_closed", "invalid", "partner", "confirm",
-)
+# Refusals the page has a message for: the workflow's, and its own (an unknown partner, a
+# closure not confirmed).
+_REJECTION_KEYS = (*REJECTION_TYPES, "partner", "confirm")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 

@@ -1,0 +1,90 @@
+"""Which partner replies and coordinator actions apply, and why not: the rules of
+ReferralWorkflow's update validators, pure over the services' statuses.
+
+A refusal is an `ApplicationError` whose type is one of `models.REJECTION_TYPES` and whose
+message names the referral (`ref`, e.g. "R-12345") but nothing about the person. `done` names
+the services completed or closed by hand whose loop may not have marked them so yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+from temporalio.exceptions import ApplicationError
+
+from workflows.models import (
+    COORDINATOR_ACTIONS,
+    PARTNER_ACTIONS,
+    CoordinatorAction,
+    PartnerReply,
+    RejectionKind,
+    ServiceStatus,
+)
+from workflows.projection import open_checkin, passed_over, pending_attempt
+
+
+def reject(kind: RejectionKind, message: str) -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def _offered_now(s: ServiceStatus, partner_id: str) -> bool:
+    attempt = pending_attempt(s)
+    return attempt is not None and attempt.partner_id == partner_id
+
+
+def reply_targets(
+    services: Sequence[ServiceStatus], done: Collection[str], reply: PartnerReply, *, ref: str, closed: bool
+) -> list[ServiceStatus]:
+    """The services a partner's reply applies to; raises the reason it applies to none."""
+    action = reply.action.lower()
+    if action not in PARTNER_ACTIONS:
+        raise reject("unknown_action", f"unknown command {reply.action!r}")
+    if closed:
+        raise reject("referral_closed", f"{ref} is closed")
+    named = [s for s in services if reply.service is None or s.service == reply.service]
+    if not named:
+        raise reject("invalid", f"{ref} has no service {reply.service!r}")
+    pid = reply.partner_id
+    if action in ("accept", "decline"):
+        offered = [s for s in named if _offered_now(s, pid)]
+        if offered:
+            return offered
+        if any(s.partner_id == pid and s.accepted_at for s in named):
+            if action == "accept":
+                raise reject("already_applied", f"{ref}: you have already accepted")
+            raise reject("not_applicable", f"{ref}: already accepted; reply ISSUE to raise a problem")
+    else:
+        mine = [s for s in named if s.partner_id == pid and s.accepted_at and s.service not in done]
+        if mine:
+            if action == "ok" and not any(open_checkin(s) for s in mine):
+                raise reject("already_applied", f"{ref}: nothing to confirm now")
+            return mine
+        if any(s.partner_id == pid and s.service in done for s in named):
+            raise reject("already_applied", f"{ref}: already completed")
+        if any(_offered_now(s, pid) for s in named):
+            raise reject("not_applicable", f"{ref}: accept the referral first")
+    if any(passed_over(s, pid) for s in named):
+        raise reject("reassigned", f"{ref} was reassigned")
+    raise reject("not_offered", f"{ref} is not offered to you")
+
+
+def check_coordinator_action(
+    services: Sequence[ServiceStatus], done: Collection[str], action: CoordinatorAction, *, ref: str, closed: bool
+) -> None:
+    """Raises the reason a coordinator's action does not apply."""
+    if action.action not in COORDINATOR_ACTIONS:
+        raise reject("unknown_action", f"unknown action {action.action!r}; expected one of {', '.join(COORDINATOR_ACTIONS)}")
+    if closed:
+        raise reject("referral_closed", f"{ref} is closed")
+    if action.action == "assign" and not action.partner_id:
+        raise reject("invalid", "partner_id: required to assign")
+    if action.action == "assign" and not action.service:
+        raise reject("invalid", "service: required to assign")
+    if action.service is not None:
+        s = next((s for s in services if s.service == action.service), None)
+        if s is None:
+            raise reject("invalid", f"service: {ref} has no service {action.service!r}")
+        if action.service in done or s.stage == "closed":
+            raise reject("not_applicable", f"service: {action.service} is already completed")
+        if action.action == "assign" and s.accepted_at and s.partner_id == action.partner_id:
+            raise reject("already_applied", f"{action.partner_id} already has {action.service}")
