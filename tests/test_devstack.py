@@ -238,7 +238,7 @@ def test_make_run_picks_the_operators_directory_and_the_demo_policy(tmp_path: Pa
     directory and its demo policy (reading neither here: only the choice is checked)."""
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     env.update(REFERRAL_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(REPO))
-    code = "from starter.devstack import plan; s = plan().settings; print('files', s.referral_partners_file, s.referral_policy_file)"
+    code = "from starter.devstack.environment import plan; s = plan().settings; print('files', s.referral_partners_file, s.referral_policy_file)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     files = next(line.split()[1:] for line in out.stdout.splitlines() if line.startswith("files "))
