@@ -20,6 +20,10 @@ from workflows.models import Candidate, EscalationPolicy, MatchRequest
 MessageLanguage = Literal["fr", "ar", "en"]
 
 
+# A partner's or coordinator's id: also the pattern the API document declares for partner_id.
+CONTACT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+
+
 class ConfigError(Exception):
     """A config file is missing or wrong; the message names the file and the field."""
 
@@ -27,7 +31,7 @@ class ConfigError(Exception):
 class Contact(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    id: str = Field(pattern=CONTACT_ID_PATTERN)
     name: str
     sms: str | None = None
     email: str | None = None

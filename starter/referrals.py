@@ -56,6 +56,12 @@ def workflow_id(code: str) -> str:
     return f"referral-{code}"
 
 
+# The forms of a code the API document declares (`normalise_code` reads a few more, as an SMS
+# may write them: `#7K3Q9`, `R 7K3Q9`, Arabic-Indic digits).
+_CODE_CHAR = "[" + "".join(sorted(set(CODE_ALPHABET + CODE_ALPHABET.lower()))) + "]"
+CODE_PATTERN = rf"^(?:[Rr]-?|referral-)?{_CODE_CHAR}{{{CODE_LENGTH}}}$"
+
+
 def normalise_code(text: str) -> str:
     """`r-7k3q9`, `R7K3Q9`, `referral-7K3Q9` or `7K3Q9` -> `7K3Q9`; raises ValueError naming the problem."""
     value = text.strip()

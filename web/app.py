@@ -15,6 +15,7 @@ from temporalio.client import Client
 
 from infra.logs import configure_logging
 from config.settings import Settings, get_settings
+from web import methods
 from web.routes import api, auth, codec, intake_form, partner_page, referral_pages, sms_webhook
 from infra.temporal import EncryptionNotConfigured, connect
 from web.security import startup_checks
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
 
     for part in (sms_webhook, api, auth, intake_form, referral_pages, partner_page, codec):
         app.include_router(part.router)
+    methods.install(app)  # a 405's Allow names every method of the path, not the first route's
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -8,10 +8,10 @@ Everything here is pure and deterministic, so the workflow can apply the same ru
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 Indicator = Literal[
     "abuse_of_vulnerability",
@@ -111,6 +111,53 @@ LANGUAGES = frozenset(
 LOCAL_LANGUAGES = frozenset({"ar", "fr"})
 
 
+# --- the JSON Schema of the rules below, for /openapi.json ---------------------------------
+# The validators stay the one definition of each rule; these schemas declare them (exactly, or
+# a stricter subset where JSON Schema cannot say it all) so that a client built from the API
+# document only sends what is accepted. tests/web/test_openapi.py holds the two together.
+
+
+def _moroccan_e164() -> str:
+    """Moroccan numbers in E.164, from libphonenumber's own metadata: each of them is valid."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region("MA")
+    assert metadata is not None
+    kinds = ("fixed_line", "mobile", "toll_free", "premium_rate", "shared_cost", "personal_number", "voip", "uan")
+    patterns = [desc.national_number_pattern for desc in (getattr(metadata, k) for k in kinds) if desc and desc.national_number_pattern]
+    # \d means any Unicode digit to Python's re: [0-9], as every regex engine reads it.
+    return rf"^\+{metadata.country_code}(?:{'|'.join(patterns)})$".replace(r"\d", "[0-9]")
+
+
+# RFC 3339 (`format: date-time`) spelled out, so that a client that skips formats still sends only
+# dates that exist, and less what Python's datetime refuses: year 0000 and second 60.
+_YEAR = r"(?:[0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})"
+_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_DATE = (
+    rf"(?:{_YEAR}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+    rf"|{_LEAP_YEAR}-02-29)"
+)
+_RFC3339 = rf"^{_DATE}[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
+# After the surrounding spaces are stripped, something must remain.
+NOT_BLANK = r"\S"
+
+CountryCode = Annotated[str, WithJsonSchema(
+    {"type": "string", "enum": sorted(COUNTRIES), "description": "ISO 3166-1 alpha-2 (lower case is accepted too)"}
+)]
+LanguageCode = Annotated[str, WithJsonSchema({"type": "string", "enum": sorted(LANGUAGES)})]
+PhoneNumber = Annotated[str, WithJsonSchema({
+    "type": "string",
+    "pattern": _moroccan_e164(),
+    "description": (
+        "Any number libphonenumber finds valid is accepted (national Moroccan format such as "
+        "0650123456, or + and the country code) and stored in E.164; the pattern declares the "
+        "Moroccan numbers in E.164, such as +212650123456"
+    ),
+})]
+Timestamp = Annotated[datetime, WithJsonSchema(
+    {"type": "string", "format": "date-time", "pattern": _RFC3339, "description": "with its time zone offset, e.g. 2026-01-05T09:30:00+01:00"}
+)]
+_DISTINCT: dict[str, Any] = {"uniqueItems": True}  # a repeated value counts once; so the list is short
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
@@ -128,12 +175,12 @@ class IdentifiedBy(_Strict):
 
 
 class Person(_Strict):
-    pseudonym: str = Field(min_length=1, max_length=80)
+    pseudonym: str = Field(min_length=1, max_length=80, json_schema_extra={"pattern": NOT_BLANK})
     age_group: Literal["adult", "minor", "unknown"]
     sex: Literal["female", "male", "other", "unknown"] = "unknown"
-    nationality: str | None = Field(default=None, description="ISO 3166-1 alpha-2")
-    languages: list[str] = Field(default_factory=list, description="ISO 639-1")
-    contact_phone: str | None = Field(default=None, description="E.164 after parsing")
+    nationality: CountryCode | None = Field(default=None, description="ISO 3166-1 alpha-2")
+    languages: list[LanguageCode] = Field(default_factory=list, description="ISO 639-1", json_schema_extra=_DISTINCT)
+    contact_phone: PhoneNumber | None = Field(default=None, description="E.164 after parsing")
 
     @field_validator("nationality")
     @classmethod
@@ -170,9 +217,18 @@ class Person(_Strict):
 
 
 class Consent(_Strict):
+    model_config = ConfigDict(json_schema_extra={
+        "description": "consent given needs recorded_by and recorded_at",
+        "if": {"properties": {"given": {"const": True}}},
+        "then": {
+            "required": ["recorded_by", "recorded_at"],
+            "properties": {"recorded_by": {"type": "string", "pattern": NOT_BLANK}, "recorded_at": {"type": "string"}},
+        },
+    })
+
     given: bool
     recorded_by: str | None = Field(default=None, max_length=64)
-    recorded_at: datetime | None = None
+    recorded_at: Timestamp | None = None
 
     @field_validator("recorded_at")
     @classmethod
@@ -187,14 +243,33 @@ class Consent(_Strict):
 
 
 class Intake(_Strict):
+    model_config = ConfigDict(json_schema_extra={
+        "description": (
+            "The person's consent is required for an adult who is not in immediate danger; "
+            "an adult who consented needs at least one service."
+        ),
+        "allOf": [
+            {"anyOf": [  # consent: given, or a minor (unknown age counts as minor), or immediate danger
+                {"properties": {"consent": {"properties": {"given": {"const": True}}}}},
+                {"properties": {"person": {"properties": {"age_group": {"enum": ["minor", "unknown"]}}}}},
+                {"required": ["immediate_danger"], "properties": {"immediate_danger": {"const": True}}},
+            ]},
+            {"anyOf": [  # needs: one asked for, or one the rules add (child protection; medical and shelter)
+                {"required": ["needs"], "properties": {"needs": {"minItems": 1}}},
+                {"properties": {"person": {"properties": {"age_group": {"enum": ["minor", "unknown"]}}}}},
+                {"properties": {"consent": {"properties": {"given": {"const": False}}}}},
+            ]},
+        ],
+    })
+
     external_ref: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     identified_by: IdentifiedBy
-    identified_at: datetime
+    identified_at: Timestamp
     sector: Sector
-    indicators: list[Indicator] = Field(default_factory=list)
+    indicators: list[Indicator] = Field(default_factory=list, json_schema_extra=_DISTINCT)
     immediate_danger: bool = False
     person: Person
-    needs: list[Service] = Field(default_factory=list)
+    needs: list[Service] = Field(default_factory=list, json_schema_extra=_DISTINCT)
     consent: Consent
     urgency: Urgency | None = None
     notes: str | None = Field(default=None, max_length=4000)

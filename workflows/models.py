@@ -21,7 +21,8 @@ STAGES: tuple[Stage, ...] = get_args(Stage)
 # escalated: workflows/projection.py).
 STAGE_ORDER: tuple[Stage, ...] = tuple(s for s in STAGES if s != "escalated")
 
-PARTNER_ACTIONS = ("accept", "decline", "ok", "done", "issue")
+PartnerAction = Literal["accept", "decline", "ok", "done", "issue"]
+PARTNER_ACTIONS: tuple[PartnerAction, ...] = get_args(PartnerAction)
 COORDINATOR_ACTIONS = ("assign", "cancel", "close", "withdraw_consent")
 
 

@@ -5,7 +5,7 @@ Every route mirrors a CLI command and calls the same functions in `starter.refer
 - Auth: `Authorization: Bearer <token>`, compared in constant time with each token of
   `REFERRAL_API_TOKENS` (comma-separated). None configured: every call is refused. It is checked
   before the body is read, so an unauthenticated caller learns nothing about its input.
-- Errors: `{"errors": [{"field", "message"}]}` (401, 404, 413, 415, 422, 503) and, for an update
+- Errors: `{"errors": [{"field", "message"}]}` (400, 401, 404, 405, 413, 415, 422, 503) and, for an update
   the referral refused, 409 `{"kind", "message"}` with `kind` from `workflows.models.REJECTION_TYPES`.
   The same action or reply applied twice (`already_applied`) is not an error: 200
   `{"code", "kind": "already_applied", "message"}`, so a script may safely retry.
@@ -16,6 +16,10 @@ Every route mirrors a CLI command and calls the same functions in `starter.refer
 
 FastAPI's default handling of invalid requests (a 422 whose `detail` echoes the `input`) is
 replaced for these routes by `_ApiRoute`, which turns it into the field list above.
+
+/openapi.json declares all of this (patterns, enums, lengths, cross-field rules, the body limit,
+every error answer), so a client built from it is refused only for what it states;
+tests/web/test_openapi.py sends requests built from the document alone to check it.
 """
 
 from __future__ import annotations
@@ -27,28 +31,29 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from starlette.exceptions import HTTPException
 from temporalio.service import RPCError
 
+from activities.directory import CONTACT_ID_PATTERN, ConfigError, load_directory
 from config.settings import Settings
 from starter import referrals
 from web import deps
 from web.security import authorised
-from workflows.intake import Intake, Region, Service, field_errors
+from workflows.intake import REGIONS, Intake, Region, Service, field_errors
 from workflows.models import (
-    PARTNER_ACTIONS,
+    REJECTION_TYPES,
+    STAGES,
     ActionOutcome,
     CoordinatorAction,
     PartnerReply,
     ReferralStatus,
+    PartnerAction,
     ReplyOutcome,
     Stage,
 )
 
 MAX_BODY_BYTES = 64 * 1024
-PartnerAction = Literal["accept", "decline", "ok", "done", "issue"]
-assert set(PARTNER_ACTIONS) == set(PartnerAction.__args__)  # type: ignore[attr-defined]
 
 
 # --- response and body models (shown at /docs) -------------------------------------------
@@ -64,7 +69,10 @@ class ErrorList(BaseModel):
 
 
 class Rejection(BaseModel):
-    kind: str = Field(description="one of workflows.models.REJECTION_TYPES, e.g. not_offered, referral_closed")
+    kind: str = Field(
+        description="why the referral refused the update",
+        json_schema_extra={"enum": [kind for kind in REJECTION_TYPES if kind != "already_applied"]},
+    )
     message: str
 
 
@@ -89,9 +97,18 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+# Surrounding spaces are stripped before the checks (`str_strip_whitespace`).
+_PARTNER_ID: dict[str, Any] = {"pattern": CONTACT_ID_PATTERN}
+
+
 class AssignBody(_Body):
     service: Service
-    partner_id: str = Field(min_length=1, max_length=64, description="a partner id from the directory that offers `service`")
+    partner_id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="the id of a partner in the directory that offers `service`; any other is refused with 422 on partner_id",
+        json_schema_extra=_PARTNER_ID,
+    )
     by: str | None = Field(default=None, max_length=64, description="coordinator id")
     reason: str | None = Field(default=None, max_length=1600)
 
@@ -108,7 +125,12 @@ class ActionBody(_Body):
 
 
 class ReplyBody(_Body):
-    partner_id: str = Field(min_length=1, max_length=64)
+    partner_id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="a partner offered (or holding) this referral; any other is refused with 409 (not_offered)",
+        json_schema_extra=_PARTNER_ID,
+    )
     action: PartnerAction
     reason: str | None = Field(default=None, max_length=1600)
     service: Service | None = Field(default=None, description="the service replied about; all of the partner's when absent")
@@ -231,18 +253,46 @@ router = APIRouter(
     route_class=_ApiRoute,
     dependencies=[Depends(_bearer_doc)],
     responses={
-        401: {**_ERRORS, "description": "no or wrong bearer token"},
-        422: {**_ERRORS, "description": "invalid input; each error names its field, never its value"},
+        401: {**_ERRORS, "description": "no or wrong bearer token (checked before anything else)"},
+        422: {**_ERRORS, "description": "invalid input, against this document's schemas; each error names its field, never its value"},
         503: {**_ERRORS, "description": "Temporal unreachable"},
     },
 )
 
-CodePath = Annotated[str, Path(description="referral code: 7K3Q9, R-7K3Q9 or r7k3q9")]
+CodePath = Annotated[
+    str,
+    Path(
+        description="referral code: 7K3Q9, R-7K3Q9, r7k3q9 or referral-7K3Q9; anything else is 422 on code",
+        json_schema_extra={"pattern": referrals.CODE_PATTERN},
+    ),
+]
+_KEY_PATTERN, _KEY_MAX_LENGTH = r"^[A-Za-z0-9._:-]+$", 64
 IdempotencyKey = Annotated[
     str | None,
-    Header(max_length=64, pattern=r"^[A-Za-z0-9._:-]+$", description="optional; a retry with the same key is applied once"),
+    Header(
+        alias="Idempotency-Key",
+        max_length=_KEY_MAX_LENGTH,
+        pattern=_KEY_PATTERN,
+        description="optional; a retry with the same key is applied once and answered with the first outcome",
+    ),
+    # A header is a string or absent, never null.
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": _KEY_MAX_LENGTH, "pattern": _KEY_PATTERN}),
 ]
+# Answers of every route that reads a body (`_ApiRoute` and FastAPI's parser).
+_BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {**_ERRORS, "description": "unreadable body: not UTF-8, nested too deep, or a bad Content-Length"},
+    413: {**_ERRORS, "description": f"body over {MAX_BODY_BYTES // 1024} KiB"},
+    415: {**_ERRORS, "description": "a body that is not application/json (or application/*+json)"},
+}
+_BODY = (
+    f"JSON (application/json, or application/*+json) of at most {MAX_BODY_BYTES // 1024} KiB. A field the "
+    "schema does not name is refused; the spaces around a string are removed before it is checked."
+)
+_BODY_DOC = {"requestBody": {"description": _BODY}}
+_OPTIONAL_BODY_DOC = {"requestBody": {"description": f"{_BODY} Optional: no body (or null) is the same as {{}}."}}
 _UPDATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "applied; or applied before (kind already_applied), so a retry is safe"},
+    **_BODY_RESPONSES,
     404: {**_ERRORS, "description": "no such referral"},
     409: {"model": Rejection, "description": "refused by the referral (closed, not offered, ...)"},
 }
@@ -271,9 +321,9 @@ def _status_url(settings: Settings, code: str) -> str:
     summary="Start a referral from an intake",
     responses={
         200: {"model": StartedReferral, "description": "this external_ref already started a referral: that one"},
-        413: {**_ERRORS, "description": "body over 64 KiB"},
-        415: {**_ERRORS, "description": "not application/json"},
+        **_BODY_RESPONSES,
     },
+    openapi_extra=_BODY_DOC,
 )
 async def start(intake: Intake, request: Request, response: Response) -> StartedReferral:
     """Idempotent by `external_ref`: the same one again answers 200 with the existing referral."""
@@ -298,8 +348,9 @@ async def status(code: CodePath, request: Request) -> ReferralStatus:
 @router.get("/referrals", response_model=ReferralList, summary="Referrals from Temporal visibility")
 async def list_(
     request: Request,
-    stage: Annotated[Stage | None, Query()] = None,
-    region: Annotated[Region | None, Query()] = None,
+    # Absent means any; a query string has no null, so the document names only the values.
+    stage: Annotated[Stage | None, Query(), WithJsonSchema({"type": "string", "enum": list(STAGES)})] = None,
+    region: Annotated[Region | None, Query(), WithJsonSchema({"type": "string", "enum": list(REGIONS)})] = None,
     overdue: Annotated[bool, Query(description="open referrals past a deadline or escalated")] = False,
 ) -> ReferralList:
     rows = await referrals.list_referrals(deps.client_of(request), referrals.list_query(stage, region, overdue))
@@ -310,7 +361,17 @@ async def _act(request: Request, code: str, action: CoordinatorAction, key: str 
     return await referrals.coordinator_action(deps.client_of(request), _code(code), action, _update_id(key, action.action))
 
 
-@router.post("/referrals/{code}/assign", response_model=ActionOutcome, responses=_UPDATE_RESPONSES, summary="Assign a partner to a service by hand")
+@router.post(
+    "/referrals/{code}/assign",
+    response_model=ActionOutcome | AlreadyApplied,
+    responses={
+        **_UPDATE_RESPONSES,
+        422: {**_ERRORS, "description": "invalid input, or partner_id not a partner of the directory offering `service`"},
+        503: {**_ERRORS, "description": "Temporal unreachable, or the partner directory unreadable"},
+    },
+    summary="Assign a partner to a service by hand",
+    openapi_extra=_BODY_DOC,
+)
 async def assign(code: CodePath, body: AssignBody, request: Request, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
     code = _code(code)
     _check_partner(deps.settings_of(request), body.partner_id, body.service)
@@ -318,13 +379,25 @@ async def assign(code: CodePath, body: AssignBody, request: Request, idempotency
     return await _act(request, code, action, idempotency_key)
 
 
-@router.post("/referrals/{code}/cancel", response_model=ActionOutcome, responses=_UPDATE_RESPONSES, summary="Cancel the referral")
+@router.post(
+    "/referrals/{code}/cancel",
+    response_model=ActionOutcome | AlreadyApplied,
+    responses=_UPDATE_RESPONSES,
+    summary="Cancel the referral",
+    openapi_extra=_OPTIONAL_BODY_DOC,
+)
 async def cancel(code: CodePath, request: Request, body: ActionBody | None = None, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
     body = body or ActionBody()
     return await _act(request, code, CoordinatorAction(action="cancel", by=body.by, reason=body.reason), idempotency_key)
 
 
-@router.post("/referrals/{code}/close", response_model=ActionOutcome, responses=_UPDATE_RESPONSES, summary="Close the referral, or one service")
+@router.post(
+    "/referrals/{code}/close",
+    response_model=ActionOutcome | AlreadyApplied,
+    responses=_UPDATE_RESPONSES,
+    summary="Close the referral, or one service",
+    openapi_extra=_OPTIONAL_BODY_DOC,
+)
 async def close(code: CodePath, request: Request, body: CloseBody | None = None, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
     body = body or CloseBody()
     action = CoordinatorAction(action="close", service=body.service, by=body.by, reason=body.reason)
@@ -333,9 +406,10 @@ async def close(code: CodePath, request: Request, body: CloseBody | None = None,
 
 @router.post(
     "/referrals/{code}/withdraw-consent",
-    response_model=ActionOutcome,
+    response_model=ActionOutcome | AlreadyApplied,
     responses=_UPDATE_RESPONSES,
     summary="The person withdrew consent: stop everything",
+    openapi_extra=_OPTIONAL_BODY_DOC,
 )
 async def withdraw_consent(code: CodePath, request: Request, body: ActionBody | None = None, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
     body = body or ActionBody()
@@ -344,9 +418,10 @@ async def withdraw_consent(code: CodePath, request: Request, body: ActionBody | 
 
 @router.post(
     "/referrals/{code}/replies",
-    response_model=ReplyOutcome,
+    response_model=ReplyOutcome | AlreadyApplied,
     responses=_UPDATE_RESPONSES,
     summary="Record a partner's reply, as an SMS reply would",
+    openapi_extra=_BODY_DOC,
 )
 async def reply(code: CodePath, body: ReplyBody, request: Request, idempotency_key: IdempotencyKey = None) -> ReplyOutcome:
     code = _code(code)
@@ -355,8 +430,6 @@ async def reply(code: CodePath, body: ReplyBody, request: Request, idempotency_k
 
 
 def _check_partner(settings: Settings, partner_id: str, service: str) -> None:
-    from activities.directory import ConfigError, load_directory
-
     try:
         partner = load_directory(settings.referral_partners_file).partner(partner_id)
     except ConfigError:
