@@ -13,8 +13,8 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.observability import LogContextInterceptor
 from activities.referral_activities import ReferralActivities
-from infra.logs import configure_logging
 from config.settings import Settings, get_settings
+from infra.logs import configure_logging
 from infra.temporal import EncryptionNotConfigured, MetricsUnavailable, connect, metrics_runtime
 from workflows.referral import ReferralWorkflow
 

@@ -14,7 +14,7 @@ capability, though, so it is only sent by email to the partner it names. The sig
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from infra.signing import BadToken, ExpiredToken, Signing
 
@@ -54,7 +54,7 @@ def verify_partner_link(secret: str | None, token: str, now: datetime | None = N
     """(code, partner_id) of a genuine, unexpired token; PartnerLinkInvalid / PartnerLinkExpired otherwise."""
     if not secret:
         raise PartnerLinkInvalid("partner links are not configured")
-    at = (now or datetime.now(timezone.utc)).timestamp()
+    at = (now or datetime.now(UTC)).timestamp()
     try:
         _, fields = Signing(secret, _PURPOSE).verify(token, now=at, max_length=_MAX_TOKEN)
     except ExpiredToken:
@@ -81,6 +81,6 @@ def partner_link(
     """The URL to put in a partner's email, or None when no secret is configured."""
     if not secret:
         return None
-    expires_at = (now or datetime.now(timezone.utc)) + timedelta(hours=ttl_hours)
+    expires_at = (now or datetime.now(UTC)) + timedelta(hours=ttl_hours)
     url = f"{base_url.rstrip('/')}/p/{sign_partner_link(secret, code, partner_id, expires_at)}"
     return url if language == "fr" else f"{url}?lang={language}"

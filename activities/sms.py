@@ -11,10 +11,9 @@ import asyncio
 import fcntl
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
-
 
 # Kinds of permanent refusal, used as the activity's non-retryable error types.
 SMS_REFUSALS = ("InvalidPhoneNumber", "OptedOut", "NoSmsNumber")
@@ -69,7 +68,7 @@ class OutboxSms:
                 return key
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps(
-                {"id": key, "at": datetime.now(timezone.utc).isoformat(), "to": to, "body": body},
+                {"id": key, "at": datetime.now(UTC).isoformat(), "to": to, "body": body},
                 ensure_ascii=False,
             )
             with self.path.open("a", encoding="utf-8") as fh:

@@ -18,7 +18,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -64,7 +64,7 @@ def _connect(path: Path) -> AbstractContextManager[sqlite3.Connection]:
 
 
 def _now_text() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def stored_reply(settings: Settings, sid: str) -> str | None:
@@ -83,7 +83,7 @@ def remember_reply(settings: Settings, sid: str, reply: str) -> str:
 
 def keep_reply(settings: Settings, sid: str, reply: str) -> tuple[str, bool]:
     """(the answer kept for `sid`, whether it is this one): the first answer kept wins."""
-    cutoff = (datetime.now(timezone.utc) - REPLY_RETENTION).isoformat(timespec="seconds")
+    cutoff = (datetime.now(UTC) - REPLY_RETENTION).isoformat(timespec="seconds")
     with _connect(store_path(settings)) as conn:
         first = conn.execute(
             "INSERT OR IGNORE INTO sms_replies (message_sid, reply, at) VALUES (?, ?, ?)", (sid, reply, _now_text())
@@ -129,7 +129,7 @@ async def one_delivery_at_a_time(settings: Settings, sid: str) -> AsyncIterator[
         while not done.is_set():
             try:
                 await asyncio.wait_for(done.wait(), CLAIM_RENEW_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if not await asyncio.to_thread(claim_message, settings, sid, holder, CLAIM_LEASE_SECONDS):
                     log.warning("sms inbound lease lost", message_sid=sid)
 

@@ -68,7 +68,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -129,7 +129,7 @@ class TwilioLookupFailed(TwilioSendError):
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _normalise(body: str) -> str:
@@ -186,7 +186,7 @@ class AttemptStore:
         except ValueError:
             # Unreadable (writes are atomic, so hardly ever): treat the outcome as unknown since
             # the file was last written, so the next send looks before sending.
-            mtime = datetime.fromtimestamp(self._path(key).stat().st_mtime, timezone.utc)
+            mtime = datetime.fromtimestamp(self._path(key).stat().st_mtime, UTC)
             return {"key": key, "since": mtime.isoformat(), "bodies": []}
         return record if isinstance(record, dict) and record.get("key") == key else None
 

@@ -80,7 +80,7 @@ class BaselineWorkflow:
         try:
             await workflow.wait_condition(condition, timeout=seconds)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return condition()
 
     async def _service(self, s: int, input: BaselineInput) -> None:

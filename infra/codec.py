@@ -32,7 +32,7 @@ import re
 import secrets
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -100,7 +100,7 @@ def parse_keys(text: str) -> list[tuple[str, bytes]]:
 
 def new_key_entry(kid: str | None = None) -> str:
     """A fresh `kid:base64` entry for REFERRAL_ENCRYPTION_KEYS."""
-    kid = kid or datetime.now(timezone.utc).strftime("k%Y%m%d%H%M")
+    kid = kid or datetime.now(UTC).strftime("k%Y%m%d%H%M")
     if not _KID.match(kid):
         raise EncryptionKeyFormatError(f"{SETTING}: the key id must be 1-64 letters, digits, '.', '_' or '-'")
     return f"{kid}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}"

@@ -22,8 +22,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from infra.codec import EncryptionCodec
 from config.settings import Settings, get_settings
+from infra.codec import EncryptionCodec
 
 # Buckets of the project's histogram, in seconds: the demo policy's seconds up to two days.
 ACCEPTANCE_BUCKETS = [1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800]

@@ -15,9 +15,9 @@ import io
 import re
 import string
 from collections import Counter
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
 
 import structlog
 from babel.messages.pofile import PoFileError, read_po

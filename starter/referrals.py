@@ -12,10 +12,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pydantic import BaseModel
-
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
@@ -196,7 +195,7 @@ def list_query(stage: str | None = None, region: str | None = None, overdue: boo
     if region:
         parts.append(f"ReferralRegion = '{region}'")
     if overdue:
-        at = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        at = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
         parts.append("ExecutionStatus = 'Running'")
         parts.append(f"(EscalationLevel > 0 OR ReplyDueBy < '{at}')")
     return " AND ".join(parts)

@@ -201,9 +201,7 @@ def _tokens(s: str, limit: int) -> list[tuple[int, int]]:
             if ch.isalnum():
                 if _is_arabic(ch) != arabic:
                     break
-            elif _is_mark(ch):
-                pass
-            elif (
+            elif _is_mark(ch) or (
                 ch in _APOSTROPHES
                 and i + 1 < n
                 and s[i + 1].isalpha()

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 from temporalio.api.common.v1 import Payload
 
+from config.settings import Settings
 from infra.codec import (
     ENCODING,
     KEY_ID,
@@ -19,7 +20,6 @@ from infra.codec import (
     parse_keys,
 )
 from infra.logs import reset_logging
-from config.settings import Settings
 from infra.temporal import EncryptionNotConfigured, data_converter
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake
 from workflows.models import ReferralInput

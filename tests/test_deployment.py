@@ -587,7 +587,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
 
 def test_every_image_is_pinned_to_a_version() -> None:
     required = set(re.findall(r"\$\{(\w+):?\?", COMPOSE_FILE.read_text(encoding="utf-8")))
-    only_required = {name: "x" for name in required}
+    only_required = dict.fromkeys(required, "x")
     for env in (deployment_env(), only_required):  # .env.example's tags, then compose's defaults
         for name, service in resolved_compose(env)["services"].items():
             image = service.get("image")

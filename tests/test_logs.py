@@ -9,8 +9,8 @@ import logging
 import pytest
 import structlog
 
-from infra.logs import configure_logging, reset_logging
 from config.settings import Settings
+from infra.logs import configure_logging, reset_logging
 
 
 @pytest.fixture

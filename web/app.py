@@ -6,18 +6,18 @@ this file only assembles them and holds what they share: settings and the Tempor
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import structlog
 from fastapi import FastAPI
 from temporalio.client import Client
 
-from infra.logs import configure_logging
 from config.settings import Settings, get_settings
+from infra.logs import configure_logging
+from infra.temporal import EncryptionNotConfigured, connect
 from web import methods
 from web.routes import api, auth, codec, intake_form, partner_page, referral_pages, sms_webhook
-from infra.temporal import EncryptionNotConfigured, connect
 from web.security import startup_checks
 
 

@@ -9,7 +9,6 @@ catalogues shipped with the code, then from French, then the key itself is shown
 
 from __future__ import annotations
 
-
 from datetime import datetime
 from pathlib import Path
 from typing import Any

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import re
 import secrets
 from pathlib import Path
@@ -13,9 +12,8 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from web.deps import settings_of
-
+from web.i18n import LANG_COOKIE, LANGS, Words, lang_links, language_of
 from web.security import Session, secure_cookies
-from web.i18n import LANGS, LANG_COOKIE, Words, lang_links, language_of
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"

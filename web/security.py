@@ -14,17 +14,18 @@ shared store (web/session_store.py), so every web process refuses the cookie aft
 
 from __future__ import annotations
 
-
 import hmac
 import re
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
+import structlog
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
@@ -35,7 +36,6 @@ from config.settings import Settings
 from infra.signing import BadToken, Signing
 from web import session_store
 from web.deps import settings_of
-import structlog
 
 log = structlog.get_logger(__name__)
 

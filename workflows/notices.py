@@ -8,9 +8,8 @@ Workflow code (runs inside ReferralWorkflow): deterministic, schedules the send 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from collections.abc import Sequence
-from typing import Callable
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy

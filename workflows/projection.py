@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from workflows.models import STAGE_ORDER, Attempt, FollowUp, ServiceStatus, Stage
@@ -143,8 +143,8 @@ TimelineKind = Literal[
 ]
 
 
-_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
-_END = datetime.max.replace(tzinfo=timezone.utc)
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+_END = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,17 @@ anything that does not apply (a late reply, a stranger, an unknown action).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.referral_activities import ReferralActivities
-    from workflows import projection
+    from workflows import projection, update_rules
     from workflows import search_attributes as sa
-    from workflows import update_rules
     from workflows.intake import assess
     from workflows.models import (
         ActionOutcome,
@@ -472,7 +471,7 @@ class ReferralWorkflow:
         try:
             await workflow.wait_condition(condition, timeout=remaining, timeout_summary=summary)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return condition()
 
     def _context(self, **extra: object) -> NoticeContext:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from starter.devstack.console import HOST, StartupError, say, shown
@@ -34,7 +34,7 @@ class MailDirHandler:
 
 def save_eml(mail_dir: Path, data: bytes) -> Path:
     mail_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     path = mail_dir / f"{stamp}-{hashlib.sha256(data).hexdigest()[:8]}.eml"
     tmp = mail_dir / f".{path.name}.tmp"
     with open(tmp, "wb") as fh:

@@ -85,7 +85,7 @@ class Child:
             self.signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.shield(self.exited), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 say(f"devstack: {self.name} did not stop within {timeout:.0f}s; killing it")
                 self.signal(signal.SIGKILL)
                 await self.exited

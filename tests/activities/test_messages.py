@@ -7,7 +7,7 @@ code, and nothing that identifies the person can reach a message.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import get_args
 
@@ -54,7 +54,7 @@ def _context(**overrides) -> NoticeContext:
         service="shelter",
         services=["shelter", "medical", "child_protection"],
         # 13:30 UTC is 14:30 in Casablanca (UTC+1 outside Ramadan)
-        deadline=datetime(2026, 5, 12, 13, 30, tzinfo=timezone.utc),
+        deadline=datetime(2026, 5, 12, 13, 30, tzinfo=UTC),
         partner_id="nat-shelter-amane",
         escalation_level=2,
         age_group="minor",

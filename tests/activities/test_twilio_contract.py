@@ -20,7 +20,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -218,11 +218,11 @@ async def test_sends_pass_twilio_spec(prism: Prism, tmp_path: Path, overrides: d
 async def test_duplicate_look_up_passes_twilio_spec(prism: Prism, tmp_path: Path) -> None:
     async with TwilioSms.from_settings(settings_for(prism, tmp_path)) as sms:
         offset = prism.log_size()
-        assert await sms.find_sent(TO, BODY, datetime.now(timezone.utc)) is None
+        assert await sms.find_sent(TO, BODY, datetime.now(UTC)) is None
         assert_valid(prism.log_after(offset))
 
         # The whole retry after an unknown outcome: the look-up, then the send.
-        sms.attempts.put("contract/retry", {"since": datetime.now(timezone.utc).isoformat(), "bodies": [], "sid": None})
+        sms.attempts.put("contract/retry", {"since": datetime.now(UTC).isoformat(), "bodies": [], "sid": None})
         offset = prism.log_size()
         assert await sms.send(TO, BODY, "contract/retry")
         log = prism.log_after(offset, requests=2)

@@ -298,7 +298,7 @@ def test_api_base_url_is_the_domain_base_url(settings_for: Callable[..., Setting
 class _Receiver(BaseHTTPRequestHandler):
     received: list[tuple[str, dict[str, str], dict[str, str]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         params = dict(parse_qsl(self.rfile.read(length).decode()))
         self.received.append((self.path, params, {k.lower(): v for k, v in self.headers.items()}))

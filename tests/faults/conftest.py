@@ -456,7 +456,7 @@ class Driver:
             raise
         except asyncio.CancelledError:
             raise
-        except Exception as err:  # noqa: BLE001 - any failure is retried on the next poll
+        except Exception as err:
             self._failed(what, err)
             return False, None
 

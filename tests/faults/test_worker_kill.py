@@ -54,7 +54,7 @@ async def kill_worker_repeatedly(s: Stack, rnd: random.Random, stop: asyncio.Eve
         try:
             await asyncio.wait_for(stop.wait(), rnd.uniform(*every))
             break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         await s.worker.kill(signal.SIGKILL)
         kills += 1

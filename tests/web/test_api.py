@@ -14,9 +14,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from config.settings import Settings
 from starter import referrals
-from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_case
 from tests.conftest import running_worker, wait_for
+from web.app import create_app
 from workflows.models import CoordinatorAction
 
 TOKEN = "api-test-token-7f1c2a"

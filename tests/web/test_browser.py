@@ -22,10 +22,10 @@ import uvicorn
 
 from config.settings import Settings
 from starter import referrals
-from web import security
-from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM
 from tests.conftest import free_port, running_worker, wait_for
+from web import security
+from web.app import create_app
 from workflows.models import CoordinatorAction
 
 CHROMIUM = Path("/usr/bin/chromium")

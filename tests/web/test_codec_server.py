@@ -15,13 +15,13 @@ import httpx
 import pytest
 import uvicorn
 
-from infra.codec import new_key_entry
 from config.settings import Settings
+from infra.codec import new_key_entry
 from starter import referrals
-from web.security import SESSION_COOKIE, encode_session, new_session
-from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake
 from tests.conftest import free_port
+from web.app import create_app
+from web.security import SESSION_COOKIE, encode_session, new_session
 
 TOKEN = "codec-test-token"
 UI = "http://localhost:8233"

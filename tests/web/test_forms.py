@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC
 from html import unescape
 from typing import Any, get_args
 
@@ -26,12 +27,12 @@ from activities.directory import load_directory
 from config.settings import Settings
 from infra.translations import PACKAGED_MESSAGES_DIR, translations
 from starter import referrals
-from web import i18n, rendering, security, session_store
-from web.routes import intake_form, referral_pages
-from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_case, adult_intake
 from tests.conftest import running_worker, wait_for
 from tests.fixtures import PARTNERS_FILE
+from web import i18n, rendering, security, session_store
+from web.app import create_app
+from web.routes import intake_form, referral_pages
 from workflows.intake import INDICATORS, REGIONS, SERVICES
 from workflows.projection import TimelineKind
 
@@ -652,11 +653,11 @@ async def _status_when(client, code, predicate):
 def test_service_timeline_is_the_projection_worded_for_the_page() -> None:
     """The order and highlights are projection.service_timeline's (tests/workflows/test_projection.py);
     the page adds translation keys, partner names and formatted times."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from workflows.models import Attempt, FollowUp, ServiceStatus
 
-    t0 = datetime(2026, 11, 28, 9, 0, tzinfo=timezone.utc)
+    t0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
     hour = timedelta(hours=1)
     service = ServiceStatus(
         service="shelter",

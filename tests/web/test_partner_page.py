@@ -6,7 +6,7 @@ import base64
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import get_args
 
 import httpx
@@ -24,14 +24,14 @@ from activities.partner_links import (
 from activities.sms import read_outbox
 from config.settings import Settings
 from infra.signing import Signing
-from starter import referrals
-from web.app import create_app
-from web.security import SECURITY_HEADERS
 from infra.translations import LANGUAGES, PACKAGED_MESSAGES_DIR, translations
+from starter import referrals
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake
 from tests.conftest import running_worker, wait_for
-from workflows.intake import Person
 from tests.fixtures import PARTNERS_FILE
+from web.app import create_app
+from web.security import SECURITY_HEADERS
+from workflows.intake import Person
 from workflows.models import CoordinatorAction
 
 SECRET = "partner-link-test-secret-0123456789abcdef"
@@ -114,7 +114,7 @@ def nonce(page: httpx.Response) -> str:
 
 
 def test_links_are_signed_bound_and_expiring():
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     token = sign_partner_link(SECRET, "7K3Q9", "cas-assoc", now + timedelta(hours=1))
     assert verify_partner_link(SECRET, token, now) == ("7K3Q9", "cas-assoc")
     assert "cas-assoc" not in token and "7K3Q9" not in token  # opaque, though not secret
@@ -189,7 +189,7 @@ async def test_emailed_link_shows_the_offer_then_details_after_accepting(site, s
     assert_no_personal_data(clinic_page.text)
 
     # A genuine link for a partner never offered this referral shows nothing about the person.
-    stranger = sign_partner_link(SECRET, code, "nat-legal-adala", datetime.now(timezone.utc) + timedelta(hours=1))
+    stranger = sign_partner_link(SECRET, code, "nat-legal-adala", datetime.now(UTC) + timedelta(hours=1))
     stranger_page = await site.http.get(f"/p/{stranger}")
     assert stranger_page.status_code == 200 and "ne vous est pas proposée" in stranger_page.text
     assert_no_personal_data(stranger_page.text)
@@ -273,9 +273,9 @@ async def test_cross_site_posts_are_refused(site, smtp):
 
 async def test_expired_and_tampered_links_are_403(dev_env, make_settings):
     settings = make_settings(partner_link_secret=SECRET, public_base_url=BASE)
-    past = datetime.now(timezone.utc) - timedelta(minutes=1)
+    past = datetime.now(UTC) - timedelta(minutes=1)
     expired = sign_partner_link(SECRET, "7K3Q9", "cas-assoc", past)
-    genuine = sign_partner_link(SECRET, "7K3Q9", "cas-assoc", datetime.now(timezone.utc) + timedelta(hours=1))
+    genuine = sign_partner_link(SECRET, "7K3Q9", "cas-assoc", datetime.now(UTC) + timedelta(hours=1))
     payload, mac = genuine.split(".")
     tampered = f"{payload}.{mac[:-2]}{'A' if mac[-2] != 'A' else 'B'}{mac[-1]}"
     async with _client(settings, dev_env.client) as http:
@@ -319,7 +319,7 @@ def test_offer_reminder_and_assigned_emails_carry_the_link(make_settings, langua
     settings = make_settings(partner_link_secret=SECRET, public_base_url="https://nrm.example.ma")
     activities = ReferralActivities(settings)
     contact = Contact(id="cas-assoc", name="x", email="x@example.org", language=language)
-    context = NoticeContext(code="7K3Q9", urgency="normal", region="casablanca-settat", service="shelter", deadline=datetime.now(timezone.utc))
+    context = NoticeContext(code="7K3Q9", urgency="normal", region="casablanca-settat", service="shelter", deadline=datetime.now(UTC))
     for template in ("offer", "reminder", "assigned"):
         message = activities._render(Notice(recipient="partner", recipient_id="cas-assoc", template=template, context=context), contact)
         found = re.search(r"https://nrm\.example\.ma/p/(\S+?)(?:\?lang=(\w+))?(?:\s|$)", message.body)

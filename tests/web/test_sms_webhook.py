@@ -30,11 +30,11 @@ from activities.directory import load_directory
 from activities.sms import read_outbox
 from config.settings import Settings
 from starter import referrals, sms_reply
-from web.routes import sms_webhook
-from web.app import create_app
 from tests.cases import NOTES, PHONE, PSEUDONYM, adult_intake, uniform_policy
 from tests.conftest import free_port, running_worker, wait_for
 from tests.fixtures import PARTNERS_FILE
+from web.app import create_app
+from web.routes import sms_webhook
 from workflows.models import CoordinatorAction, ReferralStatus
 from workflows.referral import ReferralWorkflow
 
@@ -159,13 +159,12 @@ def settings(make_settings, tmp_path: Path) -> Settings:
 async def harness(dev_env, settings: Settings) -> AsyncIterator[Harness]:
     app = create_app(settings, client=dev_env.client)
     transport = httpx.ASGITransport(app=app)
-    async with running_worker(dev_env.client, settings) as tq:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            h = Harness(dev_env, settings, tq, http)
-            try:
-                yield h
-            finally:
-                await _close_all(h)
+    async with running_worker(dev_env.client, settings) as tq, httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        h = Harness(dev_env, settings, tq, http)
+        try:
+            yield h
+        finally:
+            await _close_all(h)
     for text in h.replies:
         for secret in SECRETS:
             assert secret not in text, text

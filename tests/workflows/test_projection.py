@@ -5,7 +5,7 @@ Pure function tests: no Temporal, no network.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from workflows import projection as pj
 from workflows.models import STAGE_ORDER, STAGES, Attempt, FollowUp, ServiceStatus
 
-T0 = datetime(2026, 11, 28, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 

@@ -24,7 +24,8 @@ tests/web/test_openapi.py sends requests built from the document alone to check 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Coroutine, Literal
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -46,9 +47,9 @@ from workflows.models import (
     STAGES,
     ActionOutcome,
     CoordinatorAction,
+    PartnerAction,
     PartnerReply,
     ReferralStatus,
-    PartnerAction,
     ReplyOutcome,
     Stage,
 )
@@ -193,7 +194,7 @@ async def _read_capped(request: Request) -> bytes:
         chunks.append(chunk)
     body = b"".join(chunks)
     # Starlette caches the body here; FastAPI's handler then reads this copy.
-    request._body = body  # noqa: SLF001
+    request._body = body
     return body
 
 

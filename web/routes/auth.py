@@ -5,18 +5,30 @@
 
 from __future__ import annotations
 
-
 import re
 
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from web.deps import settings_of
-
-from web.security import SESSION_COOKIE, SecureRoute, Session, api_tokens, check_credentials, csrf_ok, current_session, new_session, parse_logins, revoke, safe_next, secure_cookies, set_session
 from web.rendering import STATIC, forbidden, render
-import structlog
+from web.security import (
+    SESSION_COOKIE,
+    SecureRoute,
+    Session,
+    api_tokens,
+    check_credentials,
+    csrf_ok,
+    current_session,
+    new_session,
+    parse_logins,
+    revoke,
+    safe_next,
+    secure_cookies,
+    set_session,
+)
 
 log = structlog.get_logger(__name__)
 

@@ -29,8 +29,8 @@ from fastapi.responses import JSONResponse, Response
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
-from infra.codec import PayloadDecryptionError
 from config.settings import Settings
+from infra.codec import PayloadDecryptionError
 from infra.temporal import payload_codec
 from web import deps
 from web.security import authorised, current_session

@@ -7,13 +7,13 @@ errors beside their fields. The same implementation as the CLI and the API start
 
 from __future__ import annotations
 
-
 import json
 import re
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
@@ -22,12 +22,10 @@ from temporalio.service import RPCError
 from config.settings import Settings
 from starter import referrals
 from web.deps import client_of, settings_of
-from workflows.intake import INDICATORS, REGIONS, SERVICES, Intake, field_errors
-
-from web.security import SecureRoute, Session, authenticated_session, csrf_ok, to_login
 from web.i18n import Words, language_of
 from web.rendering import forbidden, render, slug
-import structlog
+from web.security import SecureRoute, Session, authenticated_session, csrf_ok, to_login
+from workflows.intake import INDICATORS, REGIONS, SERVICES, Intake, field_errors
 
 log = structlog.get_logger(__name__)
 

@@ -7,14 +7,15 @@
 
 from __future__ import annotations
 
-
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlencode
 
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
@@ -24,14 +25,12 @@ from activities.directory import ConfigError, Directory, load_directory
 from config.settings import Settings
 from starter import referrals
 from web.deps import client_of, settings_of
-from workflows.intake import SERVICES
-from workflows import projection
-from workflows.models import REJECTION_TYPES, STAGES, CoordinatorAction, ReferralStatus, ServiceStatus
-
-from web.security import SecureRoute, authenticated_session, csrf_ok, to_login
 from web.i18n import Words, language_of
 from web.rendering import forbidden, not_found, render, unavailable
-import structlog
+from web.security import SecureRoute, authenticated_session, csrf_ok, to_login
+from workflows import projection
+from workflows.intake import SERVICES
+from workflows.models import REJECTION_TYPES, STAGES, CoordinatorAction, ReferralStatus, ServiceStatus
 
 log = structlog.get_logger(__name__)
 
@@ -209,7 +208,7 @@ async def referral_action(request: Request, code: str) -> Response:
     except referrals.ReferralRejected as err:
         log.info("web_action_rejected", code=code, action=action, kind=err.kind)
         return refused(err.kind if err.kind in _REJECTION_KEYS else "invalid")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return RedirectResponse(f"{back}?pending=1", status_code=303)
     except RPCError as err:
         log.error("web_action_failed", code=code, action=action, error=type(err).__name__)

@@ -50,8 +50,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Awaitable, TypeVar
+from typing import TypeVar
 from urllib.parse import parse_qsl
 
 import structlog
@@ -63,6 +64,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from activities.directory import ConfigError, Partner, load_directory
+from activities.sms_channel import build_sms_backend
 from activities.sms_store import (
     clear_opt_out,
     is_opted_out,
@@ -73,10 +75,9 @@ from activities.sms_store import (
 )
 from config.settings import Settings
 from infra.translations import DEFAULT_LANGUAGE, LANGUAGES, translations
-from activities.sms_channel import build_sms_backend
 from starter import referrals
-from starter.sms_reply import INBOUND_PATH, STATUS_PATH, public_url
 from starter.sms_commands import SmsCommand, parse_sms
+from starter.sms_reply import INBOUND_PATH, STATUS_PATH, public_url
 from workflows.intake import normalise_phone
 from workflows.models import ChannelReport, PartnerReply
 from workflows.referral import ReferralWorkflow
@@ -191,7 +192,7 @@ async def _open_codes(client: Client, partner_id: str, budget: _Budget) -> list[
     )
     try:
         rows = await budget.run(referrals.list_referrals(client, query, limit=50))
-    except (asyncio.TimeoutError, RPCError) as err:
+    except (TimeoutError, RPCError) as err:
         raise _Unavailable(type(err).__name__) from None
     codes: list[str] = []
     for row in rows:
@@ -238,7 +239,7 @@ async def _apply(client: Client, settings: Settings, partner: Partner, command: 
         return Answer(err.kind, reply_text(settings, lang, key, code=code))
     except referrals.ReferralNotFound:
         return Answer("unknown_code", reply_text(settings, lang, "unknown_code", code=code))
-    except (asyncio.TimeoutError, RPCError) as err:
+    except (TimeoutError, RPCError) as err:
         # Not known to be applied; a redelivery (same update id) or a new message settles it.
         log.warning("sms reply outcome unknown", message_sid=sid, partner=partner.id, error=type(err).__name__)
         return Answer("unavailable", reply_text(settings, lang, "unavailable"), final=False)
@@ -249,7 +250,7 @@ async def _apply_within(client: Client, settings: Settings, partner: Partner, nu
     task = asyncio.create_task(_apply(client, settings, partner, command, code, sid))
     try:
         return await asyncio.wait_for(asyncio.shield(task), budget.left())
-    except asyncio.TimeoutError:
+    except TimeoutError:
         _keep(asyncio.create_task(_finish_late(settings, sid, number, partner.id, task)))
         return Answer("received", reply_text(settings, partner.language, "received", code=code), final=False)
 
@@ -259,7 +260,7 @@ async def _finish_late(settings: Settings, sid: str, number: str, partner_id: st
     an answer was kept first (a redelivery answered it, or another late task sent it)."""
     try:
         answer = await task
-    except Exception as err:  # noqa: BLE001 - a background task must not die unseen
+    except Exception as err:
         log.error("late sms reply failed", message_sid=sid, partner=partner_id, error=type(err).__name__)
         return
     log.info("sms inbound applied late", message_sid=sid, partner=partner_id, outcome=answer.kind)
@@ -271,7 +272,7 @@ async def _finish_late(settings: Settings, sid: str, number: str, partner_id: st
     backend = build_sms_backend(settings)
     try:
         await backend.send(number, answer.text, f"sms-reply/{sid}")
-    except Exception as err:  # noqa: BLE001 - best effort: the partner can send HELP
+    except Exception as err:
         log.warning("late sms confirmation not sent", message_sid=sid, partner=partner_id, error=type(err).__name__)
     finally:
         close = getattr(backend, "aclose", None)
@@ -305,7 +306,7 @@ async def _opt_out(client: Client, settings: Settings, number: str, partner: Par
             except RPCError as err:
                 if err.status != RPCStatusCode.NOT_FOUND:  # closed since it was listed: nothing to tell
                     raise
-    except (_Unavailable, asyncio.TimeoutError, RPCError) as err:
+    except (TimeoutError, _Unavailable, RPCError) as err:
         # The opt-out is recorded; a redelivery tells the referrals again (they dedupe by sid).
         log.warning("opt-out not reported to every referral", message_sid=sid, partner=partner.id, error=type(err).__name__)
         return Answer("opted_out", "", final=False)
@@ -438,7 +439,7 @@ async def sms_status(request: Request) -> Response:
             return done
         log.warning("sms status not recorded", message_sid=sid, partner=partner_id, error=type(err).__name__)
         return Response(status_code=503)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("sms status not recorded", message_sid=sid, partner=partner_id, error="timeout")
         return Response(status_code=503)
     log.info("sms status recorded", message_sid=sid, partner=partner_id, code=code, status=message_status)
