@@ -89,9 +89,9 @@ class Notices:
     def send(self, recipient: str, recipient_id: str, template: str, **extra: object) -> asyncio.Task[bool]:
         """Send by email and, where it matters, SMS, in the background; the task says if any got through."""
         notice = Notice(
-            recipient=recipient,  # type: ignore[arg-type]
+            recipient=recipient,
             recipient_id=recipient_id,
-            template=template,  # type: ignore[arg-type]
+            template=template,
             context=self._context(**extra),
         )
         by_sms = PARTNER_TEMPLATES_BY_SMS if recipient == "partner" else COORDINATOR_TEMPLATES_BY_SMS
@@ -137,7 +137,7 @@ class Notices:
             cause = err.cause
             problem = cause.type if isinstance(cause, ApplicationError) and cause.type else "gave_up"
             self._problems.append(
-                ChannelProblem(at=workflow.now(), partner_id=notice.recipient_id, channel=channel, problem=problem)  # type: ignore[arg-type]
+                ChannelProblem(at=workflow.now(), partner_id=notice.recipient_id, channel=channel, problem=problem)
             )
             if notice.recipient == "partner" and not self._referral_closed():
                 self.to_coordinator(

@@ -67,7 +67,7 @@ class ReferralWorkflow:
         self._input = input
         self._code = input.code
         self._assessment = assess(input.intake)
-        self._services = {
+        self._services: dict[str, _ServiceRun] = {
             s: _ServiceRun(status=ServiceStatus(service=s)) for s in self._assessment.needs
         }
         self._policy: EscalationPolicy | None = None
@@ -305,7 +305,7 @@ class ReferralWorkflow:
                     self._notify_coordinator(run, "issue_reported", partner_id=reply.partner_id)
         self._publish()
         outcome = {"accept": "accepted", "decline": "declined", "ok": "noted", "done": "completed", "issue": "issue_reported"}[action]
-        return ReplyOutcome(code=self._code, outcome=outcome, services=[r.status.service for r in runs])  # type: ignore[arg-type]
+        return ReplyOutcome(code=self._code, outcome=outcome, services=[r.status.service for r in runs])
 
     @partner_reply.validator
     def _validate_partner_reply(self, reply: PartnerReply) -> None:
@@ -352,7 +352,8 @@ class ReferralWorkflow:
     @workflow.update
     async def coordinator_action(self, action: CoordinatorAction) -> ActionOutcome:
         if action.action == "assign":
-            run = self._services[action.service]  # type: ignore[index]
+            assert action.service is not None  # the validator requires it
+            run = self._services[action.service]
             run.assignment = action.partner_id
             await workflow.wait_condition(lambda: run.assignment is None or bool(self._closing))
         elif action.action == "close" and action.service:
@@ -394,7 +395,7 @@ class ReferralWorkflow:
             reply_due_by=due,
             channel_problems=self._channel_problems,
             closed_at=self._closed_at,
-            closed_reason=self._closed_reason,  # type: ignore[arg-type]
+            closed_reason=self._closed_reason,
         )
 
     @workflow.query

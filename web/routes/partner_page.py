@@ -244,6 +244,7 @@ async def _answer(token: str, request: Request, action: str) -> Response:
 
     service = form.get("service") or None
     reason = ((form.get("reason") or "").strip()[:MAX_REASON] or None) if action == "decline" else None
+    result: str  # a reply's outcome or a rejection's kind: the page words for both
     try:
         if service is not None and service not in SERVICES:
             raise ValueError("service")

@@ -105,8 +105,9 @@ _T = TypeVar("_T")
 # --- signatures ----------------------------------------------------------------------------
 
 
-async def _signed_form(request: Request, path: str) -> FormData | None:
-    """The request's form if Twilio signed it for our public URL, else None."""
+async def _signed_form(request: Request, path: str) -> dict[str, str] | None:
+    """The request's form (first value of each field) if Twilio signed it for our public URL,
+    else None. The signature is checked over every value, repeated fields included."""
     settings: Settings = request.app.state.settings
     token = settings.twilio_auth_token
     signature = request.headers.get("x-twilio-signature")
@@ -124,11 +125,13 @@ async def _signed_form(request: Request, path: str) -> FormData | None:
         pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, max_num_fields=200, errors="strict")
     except (UnicodeDecodeError, ValueError):
         return None
-    form = FormData(pairs)
     query = request.scope.get("query_string", b"").decode("latin-1")
     url = public_url(settings, path, query)
-    if not RequestValidator(token).validate(url, form, signature):
+    if not RequestValidator(token).validate(url, FormData(list(pairs)), signature):
         return None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        form.setdefault(name, value)
     return form
 
 
@@ -313,7 +316,7 @@ async def _opt_out(client: Client, settings: Settings, number: str, partner: Par
     return Answer("opted_out", "")
 
 
-async def _inbound(request: Request, form: FormData, sid: str) -> tuple[Answer, str | None]:
+async def _inbound(request: Request, form: dict[str, str], sid: str) -> tuple[Answer, str | None]:
     settings: Settings = request.app.state.settings
     client: Client = request.app.state.client
     budget = _Budget(TEMPORAL_TIMEOUT_SECONDS)
@@ -336,7 +339,7 @@ async def _inbound(request: Request, form: FormData, sid: str) -> tuple[Answer, 
         action = opt_out_type.lower()
 
     if action == "stop" and number:
-        return await _opt_out(client, settings, number, partner, sid, budget), partner and partner.id
+        return await _opt_out(client, settings, number, partner, sid, budget), partner.id if partner else None
     if action == "start" and number:
         was_opted_out = await asyncio.to_thread(clear_opt_out, settings, number)
         if partner is not None and not was_opted_out and _is_bare_yes(body):
