@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # server, where no timeout runs. Scale out with more workers, not a larger number here.
     worker_max_concurrent_referral_tasks: int = Field(default=8, ge=2)
 
-    # Payload encryption (config/codec.py): comma-separated `kid:base64-of-32-bytes`; the first
+    # Payload encryption (infra/codec.py): comma-separated `kid:base64-of-32-bytes`; the first
     # encrypts, all decrypt. `python -m infra.codec new-key` prints an entry. Unset: the worker,
     # the web app and the CLI refuse to start unless REFERRAL_ALLOW_PLAINTEXT=true.
     referral_encryption_keys: SecretStr | None = None

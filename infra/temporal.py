@@ -4,7 +4,7 @@ Every client and worker in the project (worker, web app, CLI, devstack, tests) g
 converter from `data_converter(settings)` and its client from `connect(settings)`:
 
 - with REFERRAL_ENCRYPTION_KEYS set: the pydantic converter plus `EncryptionCodec`
-  (config/codec.py), and failure messages and stack traces moved into an encrypted payload
+  (infra/codec.py), and failure messages and stack traces moved into an encrypted payload
   too, so nothing readable about a person reaches the server;
 - without keys: `EncryptionNotConfigured` is raised, unless REFERRAL_ALLOW_PLAINTEXT=true says
   plaintext is wanted (development only). `make run` creates a development key instead.

@@ -1,4 +1,4 @@
-"""The payload codec (config/codec.py), the key setting and the data converter wiring."""
+"""The payload codec (infra/codec.py), the key setting and the data converter wiring."""
 
 from __future__ import annotations
 

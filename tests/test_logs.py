@@ -1,4 +1,4 @@
-"""config/logs.py: one format for structlog and the standard library, and the last-resort scrubber."""
+"""infra/logs.py: one format for structlog and the standard library, and the last-resort scrubber."""
 
 from __future__ import annotations
 
