@@ -64,9 +64,9 @@ class ReferralActivities:
             return [partner]
         contacts = [directory.coordinator(notice.recipient_id)]
         # Emergencies and repeated escalations also reach the national focal point.
-        if notice.context.urgency == "emergency" or notice.context.escalation_level >= 2 or notice.template == "ladder_exhausted":
-            if directory.national_focal_point.id != contacts[0].id:
-                contacts.append(directory.national_focal_point)
+        reaches_focal_point = notice.context.urgency == "emergency" or notice.context.escalation_level >= 2 or notice.template == "ladder_exhausted"
+        if reaches_focal_point and directory.national_focal_point.id != contacts[0].id:
+            contacts.append(directory.national_focal_point)
         return contacts
 
     def _render(self, notice: Notice, contact: Contact) -> RenderedMessage:

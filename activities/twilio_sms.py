@@ -152,10 +152,12 @@ def status_callback_url(public_base_url: str | None) -> str | None:
 
 def _quiet_sdk_logger() -> logging.Logger:
     # The SDK logs every request URL with its query string (the `To` of a look-up) at INFO.
-    # A Logger built directly is not registered, so it has no parent and reaches no handler.
-    logger = logging.Logger("twilio_sms.sdk", level=logging.CRITICAL)
-    logger.addHandler(logging.NullHandler())
+    # Not propagated to the root handlers, and only CRITICAL reaches its own null handler.
+    logger = logging.getLogger("twilio_sms.sdk")
+    logger.setLevel(logging.CRITICAL)
     logger.propagate = False
+    if not logger.handlers:  # one handler however many clients are built
+        logger.addHandler(logging.NullHandler())
     return logger
 
 

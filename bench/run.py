@@ -583,7 +583,8 @@ async def scale(client, worker: Proc, n: int) -> Scale:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
     mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), 0)
     return f"{os.cpu_count()} CPU ({cpu}), {mem / 1048576:.0f} GiB RAM, Python {platform.python_version()}"
 
@@ -592,11 +593,24 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT MET"
 
 
-def table(args, stack: Stack, tp: Throughput | None, base: Throughput | None, cached: Throughput | None, lat: Latency | None, sc: Scale | None, suite: tuple[float, str] | None) -> str:
+def table(
+    args,
+    stack: Stack,
+    tp: Throughput | None,
+    base: Throughput | None,
+    cached: Throughput | None,
+    lat: Latency | None,
+    sc: Scale | None,
+    suite: tuple[float, str] | None,
+) -> str:
     rows: list[tuple[str, str, str, str]] = []
     if tp and base:
         ratio = tp.rate / base.rate
-        rows.append((f"throughput, ours ({tp.n} referrals, full lifecycle)", f"{tp.rate:.2f} referrals/s ({tp.seconds:.1f} s; {tp.ok}/{tp.n} as expected)", "", ""))
+        rows.append((
+            f"throughput, ours ({tp.n} referrals, full lifecycle)",
+            f"{tp.rate:.2f} referrals/s ({tp.seconds:.1f} s; {tp.ok}/{tp.n} as expected)",
+            "", "",
+        ))  # fmt: skip
         rows.append((f"throughput, bare baseline ({base.n} runs)", f"{base.rate:.2f} runs/s ({base.seconds:.1f} s; {base.ok}/{base.n} as expected)", "", ""))
         rows.append(("throughput ratio ours / baseline", f"{ratio:.2f}", ">= 0.85", verdict(ratio >= 0.85)))
         if cached:
@@ -606,26 +620,46 @@ def table(args, stack: Stack, tp: Throughput | None, base: Throughput | None, ca
                 "", "",
             ))  # fmt: skip
         s, b = tp.shape, base.shape
-        rows.append(("shape per run: activities / timers / updates", f"ours {s['activities']}/{s['timers']}/{s['updates']}, baseline {b['activities']}/{b['timers']}/{b['updates']}", "", ""))
+        rows.append((
+            "shape per run: activities / timers / updates",
+            f"ours {s['activities']}/{s['timers']}/{s['updates']}, baseline {b['activities']}/{b['timers']}/{b['updates']}",
+            "", "",
+        ))  # fmt: skip
     if lat:
         w50, w95, w99 = (x * 1000 for x in percentiles(lat.web))
         r50, r95, r99 = (x * 1000 for x in percentiles(lat.raw))
-        rows.append((f"reply POST /sms/inbound -> TwiML, p50/p95/p99 ({len(lat.web)})", f"{w50:.1f} / {w95:.1f} / {w99:.1f} ms ({lat.web_ok} answered as expected)", "p50 <= 25 ms", verdict(w50 <= 25)))
+        rows.append((
+            f"reply POST /sms/inbound -> TwiML, p50/p95/p99 ({len(lat.web)})",
+            f"{w50:.1f} / {w95:.1f} / {w99:.1f} ms ({lat.web_ok} answered as expected)",
+            "p50 <= 25 ms", verdict(w50 <= 25),
+        ))  # fmt: skip
         rows.append((f"raw execute_update, p50/p95/p99 ({len(lat.raw)})", f"{r50:.1f} / {r95:.1f} / {r99:.1f} ms ({lat.raw_ok} accepted)", "", ""))
         rows.append(("reply p99 / raw p99", f"{w99 / r99:.2f}x", "<= 1.5x", verdict(w99 <= 1.5 * r99)))
     if sc:
         settled = "all offered" if sc.offered == sc.n else f"{sc.offered} of them offered (then stopped)"
         rows.append(("scale: open referrals waiting on timers", f"{sc.offered} of {sc.n} started", "10000", verdict(sc.offered >= 10000)))
-        rows.append(("scale: time to start them", f"{sc.start_seconds:.1f} s of start calls ({sc.n / sc.start_seconds:.0f}/s); {sc.settled_seconds:.1f} s until {settled}", "", ""))
-        rows.append(("scale: worker RSS with them open", f"{sc.rss_kb / 1024:.0f} MB (peak {sc.peak_kb / 1024:.0f} MB; {sc.idle_rss_before_kb / 1024:.0f} MB before)", "<= 300 MB", verdict(sc.peak_kb / 1024 <= 300)))
+        rows.append((
+            "scale: time to start them",
+            f"{sc.start_seconds:.1f} s of start calls ({sc.n / sc.start_seconds:.0f}/s); {sc.settled_seconds:.1f} s until {settled}",
+            "", "",
+        ))  # fmt: skip
+        rows.append((
+            "scale: worker RSS with them open",
+            f"{sc.rss_kb / 1024:.0f} MB (peak {sc.peak_kb / 1024:.0f} MB; {sc.idle_rss_before_kb / 1024:.0f} MB before)",
+            "<= 300 MB", verdict(sc.peak_kb / 1024 <= 300),
+        ))  # fmt: skip
     if tp:
-        rows.append(("events per history, typical lifecycle", f"{tp.shape['events']} (max {tp.shape_max['events']} of 20)", "<= 150", verdict(tp.shape_max["events"] <= 150)))
+        rows.append((
+            "events per history, typical lifecycle",
+            f"{tp.shape['events']} (max {tp.shape_max['events']} of 20)",
+            "<= 150", verdict(tp.shape_max["events"] <= 150),
+        ))  # fmt: skip
     if suite:
         rows.append(("test suite wall time", f"{suite[0]:.0f} s ({suite[1]})", "", ""))
     else:
         rows.append(("test suite wall time", "not measured (--with-suite, or --suite-seconds)", "", ""))
-    widths = [max(len(r[i]) for r in rows + [("measure", "value", "target", "")]) for i in range(4)]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    widths = [max(len(r[i]) for r in [*rows, ("measure", "value", "target", "")]) for i in range(4)]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
     head = [
         f"Referral orchestrator bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}",
         f"encryption {'on' if stack.encryption else 'off'}; SMS via the Twilio fake, email via an SMTP sink, Temporal dev server, all on loopback",
@@ -658,7 +692,11 @@ async def run(args) -> str:
             [sys.executable, "-m", "bench.partners", "--smtp-port", str(stack.smtp_port), "--twilio-port", str(stack.twilio_port),
              "--webhook", stack.public_base_url + "/sms/inbound", "--auto", auto],
         )  # fmt: skip
-        web = stack.start("web", [sys.executable, "-m", "uvicorn", "web.app:app", "--host", HOST, "--port", str(stack.web_port), "--log-level", "warning", "--no-access-log"])
+        web = stack.start(
+            "web",
+            [sys.executable, "-m", "uvicorn", "web.app:app", "--host", HOST, "--port", str(stack.web_port),
+             "--log-level", "warning", "--no-access-log"],
+        )  # fmt: skip
         await wait_http(f"http://{HOST}:{stack.twilio_port}/bench/stats", standins)
         await wait_http(stack.public_base_url + "/healthz", web)
         client = await connect(stack.settings())
@@ -782,9 +820,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replies", type=int, default=1000, help="replies timed for the latency figure; 0 skips")
     parser.add_argument("--scale", type=int, default=10000, help="open referrals for the scale figure; 0 skips")
     parser.add_argument("--with-suite", action="store_true", help="also run the test suite and print its wall time")
-    parser.add_argument("--suite-seconds", type=float, default=float(os.environ.get("BENCH_SUITE_SECONDS") or 0), help="a recorded suite wall time to print instead")
+    parser.add_argument(
+        "--suite-seconds",
+        type=float,
+        default=float(os.environ.get("BENCH_SUITE_SECONDS") or 0),
+        help="a recorded suite wall time to print instead",
+    )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke test of the bench itself")
-    parser.add_argument("--profile", choices=("worker", "web"), help="py-spy the worker (a second throughput run, and the scale phase) or the web app (the latency phase)")
+    parser.add_argument(
+        "--profile",
+        choices=("worker", "web"),
+        help="py-spy the worker (a second throughput run, and the scale phase) or the web app (the latency phase)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, profiles)")
     args = parser.parse_args(argv)
     if args.quick:

@@ -135,7 +135,8 @@ async def _run(args: argparse.Namespace) -> int:
             return 0
         print(f"{'CODE':<8}{'STAGE':<21}{'URGENCY':<11}{'REGION':<27}{'LEVEL':<7}AWAITING")
         for r in rows:
-            print(f"R-{r.code:<6}{r.stage or '-':<21}{r.urgency or '-':<11}{r.region or '-':<27}{r.escalation_level or 0:<7}{','.join(r.awaiting_partners) or '-'}")
+            awaiting = ",".join(r.awaiting_partners) or "-"
+            print(f"R-{r.code:<6}{r.stage or '-':<21}{r.urgency or '-':<11}{r.region or '-':<27}{r.escalation_level or 0:<7}{awaiting}")
         return 0
     raise UsageError(f"unknown command {args.command}")
 
@@ -176,7 +177,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--partner", required=True)
     s.add_argument("--by", help="coordinator id")
 
-    for name, text in (("cancel", "cancel the referral"), ("close", "close the referral, or one service"), ("withdraw-consent", "the person withdrew consent: stop everything")):
+    for name, text in (
+        ("cancel", "cancel the referral"),
+        ("close", "close the referral, or one service"),
+        ("withdraw-consent", "the person withdrew consent: stop everything"),
+    ):
         s = sub.add_parser(name, help=text)
         s.add_argument("code")
         s.add_argument("--reason")

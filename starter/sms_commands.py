@@ -334,7 +334,7 @@ def _parse(body: object) -> SmsCommand:
 
     if code is None:
         # The first word after the keyword and its fillers ("R", "code", ...).
-        attempt = next((w for w, k in zip(words[1:], keys[1:]) if k not in _FILLERS), None)
+        attempt = next((w for w, k in zip(words[1:], keys[1:], strict=True) if k not in _FILLERS), None)
         if attempt is not None and _looks_like_code(attempt):
             # A mistyped code ("A 7K3Q0"): it names a referral, just not a valid one. Never
             # let the webhook apply the reply to the sender's only pending item; "unknown"

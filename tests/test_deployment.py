@@ -326,7 +326,8 @@ def test_every_env_example_entry_has_a_comment() -> None:
     for i, line in enumerate(lines):
         if entry.match(line):
             above = lines[i - 1] if i else ""
-            assert above.startswith("# ") and len(above) > 4 and not entry.match(above), f".env.example line {i + 1} ({line.split('=')[0]}) has no comment above it"
+            name = line.split("=")[0]
+            assert above.startswith("# ") and len(above) > 4 and not entry.match(above), f".env.example line {i + 1} ({name}) has no comment above it"
 
 
 def test_env_example_holds_no_secret_and_quotes_dollars() -> None:
@@ -573,7 +574,10 @@ def dockerignore_excludes(path: str) -> bool:
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
-    for path in (".env", ".venv/bin/python", ".data/temporal.db", ".git/config", "tests/conftest.py", ".pytest_cache/v", ".hypothesis/x", "config/.env", "starter/__pycache__/web.cpython-311.pyc", "bench/run.py"):
+    for path in (
+        ".env", ".venv/bin/python", ".data/temporal.db", ".git/config", "tests/conftest.py", ".pytest_cache/v", ".hypothesis/x",
+        "config/.env", "starter/__pycache__/web.cpython-311.pyc", "bench/run.py",
+    ):  # fmt: skip
         assert dockerignore_excludes(path), f".dockerignore lets {path} into the build context"
     for _keyword, rest in [(k, r) for k, r in dockerfile_instructions() if k == "COPY" and "--from" not in r]:
         sources = rest.split()[:-1]

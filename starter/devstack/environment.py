@@ -48,9 +48,9 @@ def _user_values() -> dict[str, str]:
 def _secret_fields() -> list[str]:
     names = []
     for name, info in Settings.model_fields.items():
-        if name in SECRET_FIELDS or name.endswith("_secret"):
-            if info.is_required() or info.default in (None, ""):
-                names.append(name)
+        is_secret = name in SECRET_FIELDS or name.endswith("_secret")
+        if is_secret and (info.is_required() or info.default in (None, "")):
+            names.append(name)
     return names
 
 
@@ -104,7 +104,7 @@ def _dev_encryption_key(data_dir: Path) -> str:
 
 
 def _temporal_port(address: str) -> int:
-    host, sep, port = address.rpartition(":")
+    _host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         return 7233
     return int(port)
@@ -201,7 +201,8 @@ def check_ports(p: Plan) -> None:
 
 def lock_data_dir(data_dir: Path) -> IO[str]:
     """One devstack per data dir: two Temporal servers on one SQLite file would corrupt it."""
-    fh = open(data_dir / "devstack.lock", "w")
+    # Not a `with`: the lock is held for the devstack's whole run, and main() closes the returned file.
+    fh = open(data_dir / "devstack.lock", "w")  # noqa: SIM115
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -70,7 +70,7 @@ async def connect_when_up(p: Plan) -> Client:
     deadline = asyncio.get_running_loop().time() + START_TIMEOUT
     while True:
         try:
-            reader, writer = await asyncio.open_connection(HOST, p.temporal_port)
+            _reader, writer = await asyncio.open_connection(HOST, p.temporal_port)
             writer.close()
             client = await asyncio.wait_for(connect(p.settings), 10)
             await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=p.settings.temporal_namespace))

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import parse_qsl
 
 import pytest
@@ -296,7 +297,7 @@ def test_api_base_url_is_the_domain_base_url(settings_for: Callable[..., Setting
 
 
 class _Receiver(BaseHTTPRequestHandler):
-    received: list[tuple[str, dict[str, str], dict[str, str]]] = []
+    received: ClassVar[list[tuple[str, dict[str, str], dict[str, str]]]] = []
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))

@@ -133,15 +133,15 @@ class Proc:
 
     def start(self) -> None:
         assert not self.running, f"{self.name} already running"
-        log = open(self.log_path, "ab")
-        self._offset = log.tell()
-        log.write(f"\n===== {self.name} start {self.starts + 1}\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        log.close()
+        # The child keeps its own copy of the descriptor; ours closes once it has started.
+        with open(self.log_path, "ab") as log:
+            self._offset = log.tell()
+            log.write(f"\n===== {self.name} start {self.starts + 1}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
         self.starts += 1
 
     async def kill(self, sig: int = signal.SIGKILL, timeout: float = 30.0) -> int | None:
@@ -494,7 +494,8 @@ class Driver:
                 self.close_sent.setdefault(plan.code, asyncio.get_running_loop().time())
                 action = CoordinatorAction(action="close", by="fault-driver")
                 try:
-                    await self._call("close", referrals.coordinator_action(self.s.client, plan.code, action, update_id=f"close-{plan.code}"), self.UPDATE_TIMEOUT)
+                    close_update = referrals.coordinator_action(self.s.client, plan.code, action, update_id=f"close-{plan.code}")
+                    await self._call("close", close_update, self.UPDATE_TIMEOUT)
                 except referrals.ReferralRejected as err:
                     # `referral_closed`: an earlier close got through; the next poll confirms it.
                     plan.rejections[err.kind] += 1
@@ -537,7 +538,8 @@ class Driver:
             return
         action = CoordinatorAction(action="assign", service=svc.service, partner_id=partner, by="fault-driver")
         try:
-            ok, _ = await self._call("assign", referrals.coordinator_action(self.s.client, plan.code, action, update_id=f"assign-{plan.code}-{svc.service}"), self.UPDATE_TIMEOUT)
+            assign_update = referrals.coordinator_action(self.s.client, plan.code, action, update_id=f"assign-{plan.code}-{svc.service}")
+            ok, _ = await self._call("assign", assign_update, self.UPDATE_TIMEOUT)
         except referrals.ReferralRejected as err:
             plan.rejections[err.kind] += 1
             return
@@ -696,11 +698,16 @@ def per_referral_table(rows: list[MessageCount], plans: list[Plan]) -> str:
         dup = sum(r.received - r.unique for r in mine)
         lost = sum(r.lost for r in mine)
         reason = p.final.closed_reason if p.final else "-"
-        lines.append(f"R-{code:<7} {p.kind:<13} {'+'.join(p.needs):<16} {reason or '-':<9} {sum(r.completed for r in mine):>5} {sms:>4} {mail:>5} {dup:>4} {lost:>4}")
+        needs = "+".join(p.needs)
+        completed = sum(r.completed for r in mine)
+        lines.append(f"R-{code:<7} {p.kind:<13} {needs:<16} {reason or '-':<9} {completed:>5} {sms:>4} {mail:>5} {dup:>4} {lost:>4}")
     dups = [r for r in rows if r.received > r.unique or r.lost]
     if dups:
         lines.append("")
         lines.append("duplicated or lost, by (referral, template, channel, recipient):")
         for r in dups:
-            lines.append(f"  R-{r.code} {r.template:<16} {r.channel:<5} {r.recipient:<20} sends {r.completed} seen {r.unique} received {r.received} lost {r.lost}")
+            lines.append(
+                f"  R-{r.code} {r.template:<16} {r.channel:<5} {r.recipient:<20} "
+                f"sends {r.completed} seen {r.unique} received {r.received} lost {r.lost}"
+            )
     return "\n".join(lines)

@@ -64,7 +64,8 @@ async def test_dev_server_restarted_mid_run(tmp_path: Path, sig: int):
             say(
                 f"FIGURES server_{sig.name.lower()} referrals={len(plans)} server_restarts=1 lost_referrals={len(wrong)} "
                 f"sends={totals['sends']} duplicated_sms={totals['sms_duplicates']} duplicated_emails={totals['email_duplicates']} "
-                f"lost_messages={totals['lost']} assigned_by_hand={sum(len(p.assigned) for p in plans)} driver_retries={sum(driver.errors.values())} seconds={loop.time() - t0:.1f}"
+                f"lost_messages={totals['lost']} assigned_by_hand={sum(len(p.assigned) for p in plans)} "
+                f"driver_retries={sum(driver.errors.values())} seconds={loop.time() - t0:.1f}"
             )
             say(f"driver errors: {dict(driver.errors)}; closes confirmed after (s): {({k: round(v, 1) for k, v in driver.close_confirmed.items()})}"
             )

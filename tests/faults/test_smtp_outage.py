@@ -25,7 +25,7 @@ async def test_smtp_down_then_back_every_email_delivered_once(fault_server: DevS
         s.sink.stop()
         needs = [["shelter"], ["medical"], ["shelter", "legal"]]
         codes = [await s.start(adult_intake(needs=n)) for n in needs]
-        expected = {(c, "cas-assoc" if svc in ("shelter", "legal") else "cas-clinic", svc) for c, n in zip(codes, needs) for svc in n}
+        expected = {(c, "cas-assoc" if svc in ("shelter", "legal") else "cas-clinic", svc) for c, n in zip(codes, needs, strict=True) for svc in n}
 
         # While SMTP is down the SMS go out and the emails wait.
         async def offers_pending() -> bool:

@@ -88,5 +88,9 @@ async def test_twilio_bad_number_falls_back_to_email(fault_server: DevServer, tm
         assert rows[("offer", "email", "cas-assoc")].unique == 1
         assert rows[("channel_problem", "email", "casablanca-settat")].unique >= 1
         assert fake.messages == []
-        say(f"FIGURES bad_number code=R-{code} problem={reported.problem} partner_email=1 coordinator_channel_problem_email={rows[('channel_problem', 'email', 'casablanca-settat')].unique} totals={summarise(report)}")
+        problem_emails = rows[("channel_problem", "email", "casablanca-settat")].unique
+        say(
+            f"FIGURES bad_number code=R-{code} problem={reported.problem} partner_email=1 "
+            f"coordinator_channel_problem_email={problem_emails} totals={summarise(report)}"
+        )
         await s.terminate_open([code])

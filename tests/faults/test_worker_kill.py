@@ -84,7 +84,7 @@ async def run_with_kills(s: Stack, n: int, seed: int, every: tuple[float, float]
 
     # The same intakes again, while the worker may be down: the same referrals, none new.
     await asyncio.sleep(every[0] + 1)
-    for (kind, needs, intake), plan in zip(planned, plans):
+    for (_kind, _needs, intake), plan in zip(planned, plans, strict=True):
         again = await referrals.start_referral(s.client, intake, s.task_queue)
         assert (again.code, again.created) == (plan.code, False)
 
@@ -133,7 +133,10 @@ async def run_with_kills(s: Stack, n: int, seed: int, every: tuple[float, float]
         "seconds": round(elapsed, 1),
     }
     say("FIGURES " + " ".join(f"{k}={v}" for k, v in figures.items()))
-    say(f"kinds: {', '.join(f'{k}={sum(1 for p in plans if p.kind == k)}' for k in sorted({p.kind for p in plans}))}; rejections: {sum((p.rejections for p in plans), start=__import__('collections').Counter())}; driver errors: {dict(driver.errors)}; closes confirmed after (s): {({k: round(v, 1) for k, v in driver.close_confirmed.items()})}")
+    kinds = ", ".join(f"{k}={sum(1 for p in plans if p.kind == k)}" for k in sorted({p.kind for p in plans}))
+    rejections = sum((p.rejections for p in plans), start=__import__("collections").Counter())
+    closes_confirmed = {k: round(v, 1) for k, v in driver.close_confirmed.items()}
+    say(f"kinds: {kinds}; rejections: {rejections}; driver errors: {dict(driver.errors)}; closes confirmed after (s): {closes_confirmed}")
     assert not wrong, "\n".join(wrong)
     assert totals["lost"] == 0, "messages the history says were sent never arrived"
     # The outbox dedupes by activity key, so a retried send never writes a second line.

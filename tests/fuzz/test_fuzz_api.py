@@ -249,7 +249,9 @@ def _encode(data: Any, ascii_only: bool, encoding: str = "utf-8") -> bytes:
 
 
 JSON_TYPES = st.sampled_from(["application/json", "application/json; charset=utf-8", "application/vnd.fuzz+json", "APPLICATION/JSON"])
-OTHER_TYPES = st.sampled_from([None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml", "", "application/json-seq", "*/*"])
+OTHER_TYPES = st.sampled_from(
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml", "", "application/json-seq", "*/*"]
+)
 
 
 # --- the tests ---------------------------------------------------------------------------------

@@ -63,7 +63,14 @@ class Hook:
     baseline: ReferralStatus
     statuses: dict[int, int] = field(default_factory=dict)
 
-    async def send(self, params: dict[str, str], *, signature: str | bytes | None = "sign", content: bytes | None = None, content_type: str | None = None) -> httpx.Response:
+    async def send(
+        self,
+        params: dict[str, str],
+        *,
+        signature: str | bytes | None = "sign",
+        content: bytes | None = None,
+        content_type: str | None = None,
+    ) -> httpx.Response:
         headers: dict[str, str | bytes] = {}
         if signature == "sign":
             signature = RequestValidator(TOKEN).compute_signature(PUBLIC + PATH, params)

@@ -87,7 +87,9 @@ async def test_bad_input_and_unknown_codes_exit_2_with_one_line(dev_env, make_se
     assert PSEUDONYM not in result.stderr
 
     no_consent = tmp_path / "no-consent.yaml"
-    no_consent.write_text("external_ref: X-1\n" + (EXAMPLES / "minor-without-consent.yaml").read_text().split("\n", 3)[3].replace("age_group: minor", "age_group: adult").replace("external_ref: NGO-TNG-2026-0087\n", ""))
+    # The example past its comment and external_ref lines, made an adult's: only the consent is missing.
+    body = (EXAMPLES / "minor-without-consent.yaml").read_text().split("\n", 3)[3]
+    no_consent.write_text("external_ref: X-1\n" + body.replace("age_group: minor", "age_group: adult").replace("external_ref: NGO-TNG-2026-0087\n", ""))
     result = await cli(env, "start", "--file", str(no_consent))
     assert result.returncode == 2 and "consent" in result.stderr
 

@@ -51,7 +51,7 @@ def test_alphabet() -> None:
     assert not set(CODE_ALPHABET) & set(FORBIDDEN)
 
 
-@pytest.mark.parametrize("form", CODE_FORMS + ["  7K3Q9  ", "r 7k3q9", "\u200f7K3Q9\u200f"])
+@pytest.mark.parametrize("form", [*CODE_FORMS, "  7K3Q9  ", "r 7k3q9", "\u200f7K3Q9\u200f"])
 def test_normalise_code_forms(form: str) -> None:
     assert normalise_code(form) == CODE
 

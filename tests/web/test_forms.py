@@ -670,7 +670,10 @@ def test_service_timeline_is_the_projection_worded_for_the_page() -> None:
             Attempt(partner_id="p2", offered_at=t0 + 2 * hour, remind_at=t0 + 3 * hour, deadline=t0 + 4 * hour, outcome="accepted", replied_at=t0 + 3 * hour),
         ],
         follow_ups=[
-            FollowUp(number=1, partner_id="p2", due_at=t0 + 27 * hour, sent_at=t0 + 27 * hour, answer_by=t0 + 51 * hour, answer="silence", answered_at=t0 + 51 * hour),
+            FollowUp(
+                number=1, partner_id="p2", due_at=t0 + 27 * hour, sent_at=t0 + 27 * hour,
+                answer_by=t0 + 51 * hour, answer="silence", answered_at=t0 + 51 * hour,
+            ),
             FollowUp(number=2, partner_id="p2", due_at=t0 + 200 * hour),
         ],
     )

@@ -113,7 +113,15 @@ class Harness:
         sid = sid or new_sid()
         return {**sms_reply.inbound_form("AC" + "0" * 32, sender, TWILIO_NUMBER, body, sid), **extra}
 
-    async def post(self, path: str, params: dict[str, str], *, signed_url: str | None = None, token: str = TOKEN, headers: dict[str, str] | None = None) -> httpx.Response:
+    async def post(
+        self,
+        path: str,
+        params: dict[str, str],
+        *,
+        signed_url: str | None = None,
+        token: str = TOKEN,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         url = signed_url or PUBLIC + path
         signature = RequestValidator(token).compute_signature(url, params)
         return await self.http.post(path, data=params, headers={"X-Twilio-Signature": signature, **(headers or {})})
@@ -344,7 +352,8 @@ async def test_forged_or_missing_signatures_are_refused_and_change_nothing(dev_e
         assert unsigned.status_code == 403
         tampered = RequestValidator(TOKEN).compute_signature(PUBLIC + "/sms/inbound", {**params, "Body": f"D {code}"})
         assert (await h.http.post("/sms/inbound", data=params, headers={"X-Twilio-Signature": tampered})).status_code == 403
-        assert (await h.post("/sms/status?code=" + code + "&partner=cas-assoc", {"MessageSid": sid, "MessageStatus": "failed"}, token="nope")).status_code == 403
+        wrong_token = await h.post("/sms/status?code=" + code + "&partner=cas-assoc", {"MessageSid": sid, "MessageStatus": "failed"}, token="nope")
+        assert wrong_token.status_code == 403
         status = await h.status(code)
         assert status.services[0].attempts[0].outcome is None and status.channel_problems == []
         assert await update_count(h, code) == 0

@@ -124,7 +124,10 @@ def test_service_timeline_orders_and_highlights() -> None:
             Attempt(partner_id="p2", offered_at=T0 + 2 * HOUR, remind_at=T0 + 3 * HOUR, deadline=T0 + 4 * HOUR, outcome="accepted", replied_at=T0 + 3 * HOUR),
         ],
         follow_ups=[
-            FollowUp(number=1, partner_id="p2", due_at=T0 + 27 * HOUR, sent_at=T0 + 27 * HOUR, answer_by=T0 + 51 * HOUR, answer="silence", answered_at=T0 + 51 * HOUR),
+            FollowUp(
+                number=1, partner_id="p2", due_at=T0 + 27 * HOUR, sent_at=T0 + 27 * HOUR,
+                answer_by=T0 + 51 * HOUR, answer="silence", answered_at=T0 + 51 * HOUR,
+            ),
             FollowUp(number=2, partner_id="p2", due_at=T0 + 200 * HOUR),
         ],
     )

@@ -355,7 +355,7 @@ async def list_(
     overdue: Annotated[bool, Query(description="open referrals past a deadline or escalated")] = False,
 ) -> ReferralList:
     rows = await referrals.list_referrals(deps.client_of(request), referrals.list_query(stage, region, overdue))
-    return ReferralList(referrals=[row for row in rows])
+    return ReferralList(referrals=list(rows))
 
 
 async def _act(request: Request, code: str, action: CoordinatorAction, key: str | None) -> ActionOutcome:

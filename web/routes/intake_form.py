@@ -208,7 +208,7 @@ def intake_errors(error: ValidationError, words: Words) -> dict[str, list[str]]:
     """field_errors, mapped onto the form's fields and written in the page's language."""
     out: dict[str, list[str]] = {}
     items = error.errors(include_input=False, include_url=False)
-    for item, fe in zip(items, field_errors(error)):
+    for item, fe in zip(items, field_errors(error), strict=True):  # one entry per error, in order
         field, key, values = _error_key(_form_field(fe["field"]), dict(item), fe["message"])
         message = words.t(key, **values)
         if message not in out.setdefault(field, []):

@@ -196,7 +196,13 @@ async def referral_action(request: Request, code: str) -> Response:
     nonce = field("nonce")
     update_id = f"web-{code}-{nonce}" if nonce and _NONCE.match(nonce) else None
     try:
-        command = CoordinatorAction(action=action, service=service, partner_id=partner_id if action == "assign" else None, reason=reason, by=session.login[:64] if session.login else None)
+        command = CoordinatorAction(
+            action=action,
+            service=service,
+            partner_id=partner_id if action == "assign" else None,
+            reason=reason,
+            by=session.login[:64] if session.login else None,
+        )
         await asyncio.wait_for(
             referrals.coordinator_action(client_of(request), code, command, update_id=update_id),
             timeout=ACTION_TIMEOUT_SECONDS,
