@@ -109,7 +109,7 @@ class ReferralWorkflow:
                 for service in self._services
             )
         )
-        for run, ladder in zip(self._services.values(), ladders):
+        for run, ladder in zip(self._services.values(), ladders, strict=True):
             run.ladder = ladder
             run.status.candidates = [c.partner_id for c in ladder]
 
@@ -257,7 +257,7 @@ class ReferralWorkflow:
             checkin.answer_by = checkin.sent_at + policy.checkin_answer_within
             self._notify_partner(run, partner_id, "checkin", checkin_number=number, deadline=checkin.answer_by)
             self._publish()
-            answered = lambda: checkin.answer is not None or stop()  # noqa: E731
+            answered = lambda checkin=checkin: checkin.answer is not None or stop()  # noqa: E731
             if not await self._wait_until(
                 answered, checkin.answer_by, f"escalate if {partner_id} has not answered check-in {number} by {_at(checkin.answer_by)}"
             ):
