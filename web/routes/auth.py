@@ -11,6 +11,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
 from web.deps import settings_of
 from web.rendering import STATIC, forbidden, render
@@ -19,6 +20,7 @@ from web.security import (
     SecureRoute,
     Session,
     api_tokens,
+    authenticated_session,
     check_credentials,
     csrf_ok,
     current_session,
@@ -28,6 +30,7 @@ from web.security import (
     safe_next,
     secure_cookies,
     set_session,
+    to_login,
 )
 
 log = structlog.get_logger(__name__)
@@ -111,3 +114,15 @@ async def logout(request: Request) -> Response:
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=secure_cookies(settings_of(request)))
     return response
 
+
+async def signed_in_form(request: Request, route: str) -> tuple[Session, FormData] | Response:
+    """A logged-in coordinator's POSTed form with a valid CSRF token; otherwise the response
+    to send instead (to the login page, or 403). `route` names the form in the log."""
+    session = authenticated_session(request)
+    if session is None:
+        return to_login(request)
+    form = await request.form()
+    if not csrf_ok(session, form):
+        log.warning("web_csrf_rejected", route=route)
+        return forbidden(request, session)
+    return session, form

@@ -23,8 +23,9 @@ from config.settings import Settings
 from starter import referrals
 from web.deps import client_of, settings_of
 from web.i18n import Words, language_of
-from web.rendering import forbidden, render, slug
-from web.security import SecureRoute, Session, authenticated_session, csrf_ok, to_login
+from web.rendering import render, slug
+from web.routes.auth import signed_in_form
+from web.security import SecureRoute, Session, authenticated_session, to_login
 from workflows.intake import INDICATORS, REGIONS, SERVICES, Intake, field_errors
 
 log = structlog.get_logger(__name__)
@@ -311,13 +312,10 @@ async def intake_form(request: Request) -> Response:
 
 @router.post("/referrals/new")
 async def intake_submit(request: Request) -> Response:
-    session = authenticated_session(request)
-    if session is None:
-        return to_login(request)
-    form = await request.form()
-    if not csrf_ok(session, form):
-        log.warning("web_csrf_rejected", route="intake")
-        return forbidden(request, session)
+    checked = await signed_in_form(request, "intake")
+    if isinstance(checked, Response):
+        return checked
+    session, form = checked
     settings = settings_of(request)
     words = Words(language_of(request), settings)
     values, data, own = read_intake_form(form)

@@ -26,8 +26,9 @@ from config.settings import Settings
 from starter import referrals
 from web.deps import client_of, settings_of
 from web.i18n import Words, language_of
-from web.rendering import forbidden, not_found, render, unavailable
-from web.security import SecureRoute, authenticated_session, csrf_ok, to_login
+from web.rendering import not_found, render, unavailable
+from web.routes.auth import signed_in_form
+from web.security import SecureRoute, authenticated_session, to_login
 from workflows import projection
 from workflows.intake import SERVICES
 from workflows.models import REJECTION_TYPES, STAGES, CoordinatorAction, ReferralStatus, ServiceStatus
@@ -148,13 +149,10 @@ _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 @router.post("/referrals/{code}/actions")
 async def referral_action(request: Request, code: str) -> Response:
-    session = authenticated_session(request)
-    if session is None:
-        return to_login(request)
-    form = await request.form()
-    if not csrf_ok(session, form):
-        log.warning("web_csrf_rejected", route="action")
-        return forbidden(request, session)
+    checked = await signed_in_form(request, "action")
+    if isinstance(checked, Response):
+        return checked
+    session, form = checked
     try:
         code = referrals.normalise_code(code)
     except ValueError:
