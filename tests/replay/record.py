@@ -200,7 +200,7 @@ async def ladder_exhausted_assign(run: Run) -> None:
     await run.offered("shelter")
     await run.sleep(timedelta(hours=72, minutes=5))
     await run.until(lambda s: s.stage == "escalated")
-    await run.sleep(timedelta(hours=8, minutes=10))
+    await run.sleep(timedelta(hours=12, minutes=10))  # repeats 4 h, then 8 h apart (recorded before backoff: 4 h, 4 h)
     await run.until(lambda s: s.services[0].escalated_alerts >= 2)
     await run.act("assign", service="shelter", partner_id="nat-shelter-amal")
     await run.reply("nat-shelter-amal", "done")
