@@ -181,7 +181,7 @@ class ServiceLadder:
             run.status.stage = "escalated"
             run.status.escalation_level += 1
             self._escalation(run, "no candidate left")
-            self._alerted(run, "ladder_exhausted", schedules.alert_delay(policy, 0))
+            self._alerted(run, "ladder_exhausted", workflow.now() + schedules.alert_delay(policy, 0))
             self._publish()
             self._notify_coordinator(run, "ladder_exhausted")
         while not self._interrupted(run):
@@ -196,7 +196,7 @@ class ServiceLadder:
                 safe=run.status.service,
             ):
                 run.status.escalated_alerts += 1
-                self._alerted(run, "escalated_alert", policy.escalated_alert_every)
+                self._alerted(run, "escalated_alert", workflow.now() + policy.escalated_alert_every)
                 self._notify_coordinator(run, "escalated_alert", alert_count=run.status.escalated_alerts)
 
     async def _alert_when_due(self, run: ServiceRun, policy: EscalationPolicy) -> None:
@@ -215,17 +215,19 @@ class ServiceLadder:
             run.status.escalation_level += 1
             self._escalation(run, "alerts unanswered", alerts=number - 1)
             template = "escalation_to_focal_point"
-        self._alerted(run, template, schedules.alert_delay(policy, number))
+        # On the schedule, not after the moment this one was handled (no drift over months);
+        # after a long outage, a full interval from now rather than a burst of catch-up alerts.
+        next_at = due + schedules.alert_delay(policy, number)
+        self._alerted(run, template, next_at if next_at > workflow.now() else workflow.now() + schedules.alert_delay(policy, number))
         self._publish()
         self._notify_coordinator(run, template, alert_count=number)
 
-    def _alerted(self, run: ServiceRun, template: str, next_in: timedelta) -> None:
+    def _alerted(self, run: ServiceRun, template: str, next_at: datetime) -> None:
         """Who an alert about to go reaches, and when the next one goes (shown in the status)."""
-        now = workflow.now()
         urgency = self._require_policy().urgency
-        run.status.last_alert_at = now
+        run.status.last_alert_at = workflow.now()
         run.status.last_alerted = projection.alerted(template, urgency, run.status.escalation_level)
-        run.status.next_alert_at = now + next_in
+        run.status.next_alert_at = next_at
 
     def _take_assignment(self, run: ServiceRun) -> None:
         previous = run.status.partner_id if run.status.accepted_at else None
