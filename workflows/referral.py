@@ -175,6 +175,14 @@ class ReferralWorkflow(ServiceLadder):
 
     # --- continuing as new ---------------------------------------------------------------------
 
+    async def _until_resumed(self) -> None:
+        """A reply or action that comes with a carried run's very first task waits until every
+        service is back in the wait it was carried in, so that the service sees it arrive (an
+        offer accepted before its service resumed would look like no offer at all)."""
+        resumed = lambda: all(r.started for r in self._services.values())  # noqa: E731
+        if self._input.carried is not None and not resumed():
+            await workflow.wait_condition(resumed)
+
     async def _run_services_or_continue_as_new(self) -> None:
         """Until every service has ended, continuing as new at a safe point once the history is long."""
         services = [self._tasks[name] for name in self._services]
@@ -252,6 +260,7 @@ class ReferralWorkflow(ServiceLadder):
 
     @workflow.update
     async def partner_reply(self, reply: PartnerReply) -> ReplyOutcome:
+        await self._until_resumed()
         runs = self._reply_targets(reply)
         now = workflow.now()
         action = reply.action.lower()
@@ -328,6 +337,7 @@ class ReferralWorkflow(ServiceLadder):
 
     @workflow.update
     async def coordinator_action(self, action: CoordinatorAction) -> ActionOutcome:
+        await self._until_resumed()
         if action.action == "assign":
             run = self._services[action.service]  # type: ignore[index]
             run.assignment = action.partner_id

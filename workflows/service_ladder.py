@@ -46,6 +46,7 @@ class ServiceRun:
     done: bool = False
     checkins_from: int = 0  # where the current partner's check-ins start in status.follow_ups
     checkins_for: datetime | None = None  # the acceptance they follow
+    started: bool = False  # its coroutine has begun (in this run)
 
     @classmethod
     def resumed(cls, carried: CarriedService) -> ServiceRun:
@@ -83,6 +84,7 @@ class ServiceLadder:
         def _notify_partner(self, run: ServiceRun, partner_id: str, template: str, **extra: object) -> asyncio.Task[bool]: ...
 
     async def _run_service(self, run: ServiceRun) -> None:
+        run.started = True
         while not self._closing and not run.done:
             if run.assignment is not None:
                 self._take_assignment(run)
