@@ -91,7 +91,8 @@ async def test_replies_and_actions_during_continue_as_new_are_applied_once(dev_e
         for run in runs:
             for event in run.events:
                 failed = event.workflow_task_failed_event_attributes
-                if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED and failed.cause == WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND:
+                unhandled = failed.cause == WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND
+                if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED and unhandled:
                     boundary += 1
             first_task = [e for e in run.events[:12] if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
             boundary += bool(first_task) and run is not runs[0]

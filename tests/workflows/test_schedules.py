@@ -3,6 +3,7 @@ service's check-ins fall through the reflection period. Pure functions, no serve
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -48,7 +49,7 @@ def test_alert_times_over_90_days():
     times = schedules.alert_times(policy(), T0, T0 + 90 * D)
     # 30 min, then 1 h, 2 h, 4 h, 8 h, 16 h later (31.5 h in all), then once a day.
     assert times[:6] == [T0 + d for d in (0.5 * H, 1.5 * H, 3.5 * H, 7.5 * H, 15.5 * H, 31.5 * H)]
-    assert all(b - a == 24 * H for a, b in zip(times[5:], times[6:], strict=False))
+    assert all(b - a == 24 * H for a, b in itertools.pairwise(times[5:]))
     assert len(times) == 6 + 88 == 94
     assert times[-1] <= T0 + 90 * D < times[-1] + 24 * H
 
@@ -115,7 +116,7 @@ def test_periodic_checkins_never_pass_the_end(every: timedelta):
     ends = T0 + 60 * D
     plan = schedules.checkin_plan(p, T0, ends)
     assert plan[-1] == ends and len(plan) == len(set(plan))
-    assert all(b - a <= every for a, b in zip(plan, plan[1:], strict=False))
+    assert all(b - a <= every for a, b in itertools.pairwise(plan))
 
 
 def test_the_coordinator_is_told_before_the_end():
