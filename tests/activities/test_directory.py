@@ -506,7 +506,10 @@ def test_reserved_key_in_a_ladder(tmp_path: Path, key: str) -> None:
 
 # --- alerts that back off, the reflection period, continue-as-new ------------------------------
 
-LADDER_KEYS = {"reply_within", "remind_after", "checkin_answer_within", "escalated_alert_every", "escalated_alert_backoff", "escalated_alert_max", "focal_point_after_alerts"}
+LADDER_KEYS = {
+    "reply_within", "remind_after", "checkin_answer_within",
+    "escalated_alert_every", "escalated_alert_backoff", "escalated_alert_max", "focal_point_after_alerts",
+}  # fmt: skip
 POLICY_WIDE_KEYS = {"urgencies", "follow_ups", "follow_up_every", "reflection_period", "reflection_end_notice", "continue_as_new_after_events"}
 
 
@@ -554,7 +557,8 @@ def test_a_policy_without_the_later_settings_takes_the_defaults(tmp_path: Path) 
 
     p = load_policy(_policy(tmp_path, mutate), "normal")
     defaults = EscalationPolicy.model_fields
-    for name in ("escalated_alert_backoff", "escalated_alert_max", "focal_point_after_alerts", "follow_up_every", "reflection_period_adults", "continue_as_new_after_events"):
+    later = ("escalated_alert_backoff", "escalated_alert_max", "focal_point_after_alerts", "follow_up_every", "reflection_period_adults")
+    for name in (*later, "continue_as_new_after_events"):
         assert getattr(p, name) == defaults[name].default, name
 
 
