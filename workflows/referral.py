@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import NoReturn
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -27,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.referral_activities import ReferralActivities
     from workflows import projection, schedules, update_rules
     from workflows import search_attributes as sa
+    from workflows.continuation import REFLECTION, Continuation
     from workflows.intake import assess
     from workflows.models import (
         ActionOutcome,
@@ -53,24 +53,20 @@ with workflow.unsafe.imports_passed_through():
 # Config files can be fixed by an operator while the activity retries, so nothing is final.
 CONFIG_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 
-# workflow.patched ids. LONG_LIVED, asked once at the start of every run: alerts that back off
-# and climb, follow-up through the reflection period and its notice, continue-as-new. A referral
-# started before them (no marker in its history) keeps the former lifecycle in its current run
-# and asks CONTINUE_AS_NEW_LATE-<n> at each safe point past the bound: false while replaying
-# what it did before, true (and recorded) the first time for real; its next run is all new.
+# workflow.patched id, asked once at the start of every run: alerts that back off and climb,
+# follow-up through the reflection period and its notice, continue-as-new. A referral started
+# before it (no marker in its history) keeps the former lifecycle in its current run until it
+# continues as new (workflows/continuation.py); its next run is all new.
 LONG_LIVED = "long-lived-referral-2026-11"
-CONTINUE_AS_NEW_LATE = "continue-as-new-2026-11"
-REFLECTION = "reflection-period"  # the reflection watch's name among the referral's tasks
 
 
 @workflow.defn
-class ReferralWorkflow(ServiceLadder):
+class ReferralWorkflow(Continuation, ServiceLadder):
     @workflow.init
     def __init__(self, input: ReferralInput) -> None:
         self._input = input
         self._code = input.code
         self._assessment = assess(input.intake)
-        carried = input.carried
         self._services = {
             s: ServiceRun(status=ServiceStatus(service=s)) for s in self._assessment.needs
         }
@@ -86,6 +82,7 @@ class ReferralWorkflow(ServiceLadder):
         self._long_lived = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._safe_waits: dict[str, Callable[[], bool]] = {}
+        carried = input.carried
         if carried is not None:
             self._resume(carried)
         self._notices = Notices(
@@ -173,74 +170,7 @@ class ReferralWorkflow(ServiceLadder):
             run.ladder = ladder
             run.status.candidates = [c.partner_id for c in ladder]
 
-    # --- continuing as new ---------------------------------------------------------------------
-
-    async def _until_resumed(self) -> None:
-        """A reply or action that comes with a carried run's very first task waits until every
-        service is back in the wait it was carried in, so that the service sees it arrive (an
-        offer accepted before its service resumed would look like no offer at all)."""
-        resumed = lambda: all(r.started for r in self._services.values())  # noqa: E731
-        if self._input.carried is not None and not resumed():
-            await workflow.wait_condition(resumed)
-
-    async def _run_services_or_continue_as_new(self) -> None:
-        """Until every service has ended, continuing as new at a safe point once the history is long."""
-        services = [self._tasks[name] for name in self._services]
-        ended = lambda: all(t.done() for t in services)  # noqa: E731
-        decisions = 0
-        while True:
-            await workflow.wait_condition(lambda: ended() or self._time_to_continue())
-            if ended():
-                return
-            if self._long_lived or workflow.patched(f"{CONTINUE_AS_NEW_LATE}-{decisions}"):
-                self._continue_as_new()
-            # Replaying a referral started before continue-as-new: it did not, here; try again later.
-            decisions += 1
-            await self._until_history_grows(ended)
-
-    async def _until_history_grows(self, ended: Callable[[], bool]) -> None:
-        length = workflow.info().get_current_history_length()
-        await workflow.wait_condition(lambda: ended() or workflow.info().get_current_history_length() > length)
-
-    def _time_to_continue(self) -> bool:
-        policy = self._policy
-        if policy is None:
-            return False
-        info = workflow.info()
-        long = info.is_continue_as_new_suggested() or info.get_current_history_length() >= policy.continue_as_new_after_events
-        return long and self._at_safe_point()
-
-    def _at_safe_point(self) -> bool:
-        """Every service (and the reflection watch) sits in a safe wait whose condition does not
-        hold (nothing to handle), no update or signal handler is running, no notice is being sent
-        (the sends in flight are drained first) and the referral is not closing."""
-        if self._closing or self._notices.in_flight() or not workflow.all_handlers_finished():
-            return False
-        for name, task in self._tasks.items():
-            if task.done():
-                continue
-            condition = self._safe_waits.get(name)
-            if condition is None or condition():
-                return False
-        return True
-
-    def _continue_as_new(self) -> NoReturn:
-        """The same referral, a fresh history: its whole state goes to the next run, which
-        publishes the same search attributes and details and keeps every pending time."""
-        carried = CarriedState(
-            run=self._run_number + 1,
-            started_at=self._started_at,
-            assessment=self._assessment,
-            policy=self._require_policy(),
-            services=[run.carried() for run in self._services.values()],
-            channel_problems=self._channel_problems,
-            notices_sent=self._notices.sent,
-            reflection_ends_at=self._reflection_ends_at,
-            reflection_notice_done=self._reflection_notice_done,
-        )
-        self._log("referral continues as new", run=carried.run, events=workflow.info().get_current_history_length())
-        self._count("referral_runs", "runs a referral continued into (continue-as-new)")
-        workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
+    # --- the reflection period ---------------------------------------------------------------
 
     async def _watch_reflection_period(self) -> None:
         """Tell the coordinator, `reflection_end_notice` before the reflection period ends, while
@@ -254,7 +184,6 @@ class ReferralWorkflow(ServiceLadder):
         self._reflection_notice_done = True
         if workflow.now() < ends:
             self._notices.to_coordinator("reflection_ending", deadline=ends)
-
 
     # --- partner replies -----------------------------------------------------------------
 
