@@ -204,8 +204,7 @@ class ServiceLadder:
     async def _alert_when_due(self, run: ServiceRun, policy: EscalationPolicy) -> None:
         """The next repeat of the alert at its time (kept in the status); after
         `focal_point_after_alerts` unanswered ones the national focal point is alerted too."""
-        due = run.status.next_alert_at
-        assert due is not None
+        due = run.status.next_alert_at or workflow.now() + schedules.alert_delay(policy, run.status.escalated_alerts)
         if await self._wait_until(
             lambda: self._interrupted(run), due, f"{run.status.service}: alert again at {_at(due)}", safe=run.status.service
         ):

@@ -47,12 +47,13 @@ follow_ups: [3s, 6s, 9s]
 
 
 # Continuing as new past 40 events (a referral's lifecycle writes 100 to 200), with alerts that
-# back off and climb and follow-up through a 30-second reflection period; replies have 10 s (with
-# 6 s, kills every few seconds time out every offer of a referral now and then).
+# back off and climb and follow-up through a 30-second reflection period. Replies have 20 s: with
+# 6 or 10 s, kills every few seconds (and the driver's status queries waiting out the restarts)
+# now and then let every offer of a referral time out before the driver's decline gets through.
 CONTINUING_POLICY = """
 urgencies:
   emergency: &ladder
-    {reply_within: 10s, remind_after: 5s, checkin_answer_within: 10s,
+    {reply_within: 20s, remind_after: 10s, checkin_answer_within: 10s,
      escalated_alert_every: 2s, escalated_alert_backoff: 1.5, escalated_alert_max: 8s, focal_point_after_alerts: 2}
   urgent: *ladder
   normal: *ladder
