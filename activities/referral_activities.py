@@ -67,9 +67,9 @@ class ReferralActivities:
             return [partner]
         contacts = [directory.coordinator(notice.recipient_id)]
         # Emergencies and escalations that climb also reach the national focal point.
-        if "national_focal_point" in alerted(notice.template, notice.context.urgency, notice.context.escalation_level):
-            if directory.national_focal_point.id != contacts[0].id:
-                contacts.append(directory.national_focal_point)
+        reaches = "national_focal_point" in alerted(notice.template, notice.context.urgency, notice.context.escalation_level)
+        if reaches and directory.national_focal_point.id != contacts[0].id:
+            contacts.append(directory.national_focal_point)
         return contacts
 
     def _render(self, notice: Notice, contact: Contact) -> RenderedMessage:
