@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workflows.intake import REGIONS, SERVICES, normalise_phone
-from workflows.models import Candidate, EscalationPolicy, MatchRequest
+from workflows.models import MAX_EVENTS_PER_RUN, MIN_EVENTS_PER_RUN, Candidate, EscalationPolicy, MatchRequest
 
 MessageLanguage = Literal["fr", "ar", "en"]
 
@@ -192,11 +192,49 @@ def _duration_at(path: Path, where: str, value: object) -> timedelta:
         raise ConfigError(f"{path}: {where}: {err}") from None
 
 
+def _number_at(path: Path, where: str, value: object, *, minimum: float, whole: bool = False) -> float:
+    """A number (a whole one if `whole`) of at least `minimum`, with an error that names the file
+    and the field."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (not whole or float(value).is_integer())
+    if not ok or value < minimum:  # type: ignore[operator]
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{path}: {where}: {kind} of at least {minimum:g} expected (got {value!r})")
+    number = float(value)  # type: ignore[arg-type]
+    return int(number) if whole else number
+
+
+# Settings of the whole policy (top level of the file), beside `urgencies` and `follow_ups`.
+_POLICY_WIDE = ("follow_up_every", "reflection_period", "reflection_end_notice", "continue_as_new_after_events")
+# Settings of an urgency's ladder that are numbers rather than durations.
+_LADDER_NUMBERS = {"escalated_alert_backoff": 1.0, "focal_point_after_alerts": 1}
+
+
 class _PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     urgencies: dict[Literal["normal", "urgent", "emergency"], dict[str, object]]
     follow_ups: list[object]
+    # Left out, each takes EscalationPolicy's default (config/policy.yaml states them all).
+    follow_up_every: object = None
+    reflection_period: dict[Literal["adults", "minors"], object] | None = None
+    reflection_end_notice: object = None
+    continue_as_new_after_events: object = None
+
+
+def _policy_wide(path: Path, parsed: _PolicyFile) -> dict[str, object]:
+    """The policy-wide settings the file states, parsed, by EscalationPolicy field name."""
+    values: dict[str, object] = {}
+    for key in ("follow_up_every", "reflection_end_notice"):
+        if getattr(parsed, key) is not None:
+            values[key] = _duration_at(path, key, getattr(parsed, key))
+    for group, value in (parsed.reflection_period or {}).items():
+        values[f"reflection_period_{group}"] = _duration_at(path, f"reflection_period.{group}", value)
+    if parsed.continue_as_new_after_events is not None:
+        events = _number_at(path, "continue_as_new_after_events", parsed.continue_as_new_after_events, minimum=MIN_EVENTS_PER_RUN, whole=True)
+        if events > MAX_EVENTS_PER_RUN:
+            raise ConfigError(f"{path}: continue_as_new_after_events: at most {MAX_EVENTS_PER_RUN}, to keep every run under 2,000 events (got {events:g})")
+        values["continue_as_new_after_events"] = int(events)
+    return values
 
 
 def load_policy(path: Path, urgency: str) -> EscalationPolicy:
@@ -207,16 +245,28 @@ def load_policy(path: Path, urgency: str) -> EscalationPolicy:
         if ladder is None:
             raise ConfigError(f"{path}: urgencies.{urgency}: missing")
         follow_ups = [_duration_at(path, f"follow_ups.{i}", v) for i, v in enumerate(parsed.follow_ups)]
-        for key in ("urgency", "follow_ups"):
+        for key in ("urgency", "follow_ups", *_POLICY_WIDE):
             if key in ladder:
                 raise ConfigError(f"{path}: urgencies.{urgency}.{key}: not a setting of an urgency's ladder")
-        durations = {k: _duration_at(path, f"urgencies.{urgency}.{k}", v) for k, v in ladder.items()}
+        settings: dict[str, object] = {
+            k: _number_at(path, f"urgencies.{urgency}.{k}", v, minimum=_LADDER_NUMBERS[k], whole=isinstance(_LADDER_NUMBERS[k], int))
+            if k in _LADDER_NUMBERS
+            else _duration_at(path, f"urgencies.{urgency}.{k}", v)
+            for k, v in ladder.items()
+        }
+        wide = _policy_wide(path, parsed)
     except ValidationError as err:
         raise _config_error(path, err) from None
     try:
-        return EscalationPolicy(urgency=urgency, follow_ups=follow_ups, **durations)
+        policy = EscalationPolicy(urgency=urgency, follow_ups=follow_ups, **settings, **wide)
     except ValidationError as err:
         # A ladder key missing or unknown: name it where it sits in the file
         raise _config_error(path, err, prefix=("urgencies", urgency)) from None
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None
+    if policy.escalated_alert_max < policy.escalated_alert_every:
+        raise ConfigError(f"{path}: urgencies.{urgency}.escalated_alert_max: shorter than escalated_alert_every")
+    shortest = min(policy.reflection_period_adults, policy.reflection_period_minors)
+    if policy.reflection_end_notice >= shortest:
+        raise ConfigError(f"{path}: reflection_end_notice: not shorter than the reflection period")
+    return policy

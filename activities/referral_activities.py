@@ -1,7 +1,7 @@
 """The referral's side effects: reading the directory and policy, sending SMS and email.
 
-Every activity is safe to repeat: sends carry a key stable across retries (the workflow run and
-activity ids), reads have no effects. Permanent failures raise non-retryable ApplicationErrors
+Every activity is safe to repeat: sends carry a key stable across retries and across the
+referral's runs (its workflow id and the notice's number), reads have no effects. Permanent failures raise non-retryable ApplicationErrors
 whose types the workflow's retry policy also names.
 """
 
@@ -21,13 +21,16 @@ from activities.sms_channel import build_sms_backend
 from activities.sms_store import is_opted_out
 from config.settings import Settings
 from workflows.models import Candidate, Delivery, EscalationPolicy, MatchRequest, Notice
+from workflows.projection import alerted
 
 log = structlog.get_logger("activities")
 
 
-def _idempotency_key() -> str:
+def _idempotency_key(notice: Notice, channel: str) -> str:
     info = activity.info()
-    return f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
+    # A notice scheduled before notices were numbered keeps the key it was first tried with.
+    workflow_id = info.workflow_id or ""
+    return notice.send_key(workflow_id, channel) or f"{workflow_id}/{info.workflow_run_id}/{info.activity_id}"
 
 
 class ReferralActivities:
@@ -63,9 +66,9 @@ class ReferralActivities:
                 raise ApplicationError(f"no partner {notice.recipient_id!r} in the directory", type="UnknownRecipient", non_retryable=True)
             return [partner]
         contacts = [directory.coordinator(notice.recipient_id)]
-        # Emergencies and repeated escalations also reach the national focal point.
-        reaches_focal_point = notice.context.urgency == "emergency" or notice.context.escalation_level >= 2 or notice.template == "ladder_exhausted"
-        if reaches_focal_point and directory.national_focal_point.id != contacts[0].id:
+        # Emergencies and escalations that climb also reach the national focal point.
+        reaches = "national_focal_point" in alerted(notice.template, notice.context.urgency, notice.context.escalation_level)
+        if reaches and directory.national_focal_point.id != contacts[0].id:
             contacts.append(directory.national_focal_point)
         return contacts
 
@@ -85,7 +88,7 @@ class ReferralActivities:
 
     @activity.defn
     async def send_sms(self, notice: Notice) -> Delivery:
-        key = _idempotency_key()
+        key = _idempotency_key(notice, "sms")
         sent = 0
         for i, contact in enumerate(self._recipients(notice)):
             message = self._render(notice, contact)
@@ -124,7 +127,7 @@ class ReferralActivities:
 
     @activity.defn
     async def send_email(self, notice: Notice) -> Delivery:
-        key = _idempotency_key()
+        key = _idempotency_key(notice, "email")
         sent = 0
         for i, contact in enumerate(self._recipients(notice)):
             if not contact.email:

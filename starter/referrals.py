@@ -188,8 +188,12 @@ class ListedReferral(BaseModel):
     running: bool
 
 
+# A referral that continued as new is its latest run: the runs it continued from are left out.
+LATEST_RUNS = "WorkflowType = 'ReferralWorkflow' AND ExecutionStatus != 'ContinuedAsNew'"
+
+
 def list_query(stage: str | None = None, region: str | None = None, overdue: bool = False, now: datetime | None = None) -> str:
-    parts = ["WorkflowType = 'ReferralWorkflow'"]
+    parts = [LATEST_RUNS]
     if stage:
         parts.append(f"ReferralStage = '{stage}'")
     if region:

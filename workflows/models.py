@@ -25,28 +25,54 @@ PartnerAction = Literal["accept", "decline", "ok", "done", "issue"]
 PARTNER_ACTIONS: tuple[PartnerAction, ...] = get_args(PartnerAction)
 COORDINATOR_ACTIONS = ("assign", "cancel", "close", "withdraw_consent")
 
+# Bounds of the policy's `continue_as_new_after_events`. A run continues as new at its first safe
+# point past the bound, a few events later: the upper bound keeps every run well under 2,000
+# events; the lower one above what a new run writes by itself before its first safe point (so a
+# referral cannot continue as new in a loop).
+MIN_EVENTS_PER_RUN = 30
+MAX_EVENTS_PER_RUN = 1500
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ReferralInput(_Model):
-    """The only model with personal data (in `intake.person` and `intake.notes`)."""
+    """The only model with personal data (in `intake.person` and `intake.notes`).
+
+    `carried` is set when a referral continues as new: its whole state from the run before
+    (workflows/continuation.py), which the new run resumes instead of starting over."""
 
     code: str
     intake: Intake
+    carried: CarriedState | None = None
 
 
 # --- configuration read by activities ------------------------------------------------------
 
 
 class EscalationPolicy(_Model):
+    """One urgency's ladder and the policy's referral-wide settings, as loaded when a referral
+    starts (activities/directory.py) and kept for its whole life, across runs.
+
+    The settings after `escalated_alert_every` came later: their defaults stand for a policy
+    recorded by a referral started before them (and for a policy file that leaves them out);
+    config/policy.yaml states them all."""
+
     urgency: Urgency
     reply_within: timedelta
     remind_after: timedelta
     follow_ups: list[timedelta]
     checkin_answer_within: timedelta
-    escalated_alert_every: timedelta
+    escalated_alert_every: timedelta  # the first repeat of an escalated service's alert
+    escalated_alert_backoff: float = Field(default=2.0, ge=1.0)  # each next repeat waits this many times longer
+    escalated_alert_max: timedelta = timedelta(hours=24)  # ... but never longer than this
+    focal_point_after_alerts: int = Field(default=3, ge=1)  # unanswered repeats before the focal point is alerted too
+    follow_up_every: timedelta = timedelta(days=14)  # after the listed check-ins, until the reflection period ends
+    reflection_period_adults: timedelta = timedelta(days=30)
+    reflection_period_minors: timedelta = timedelta(days=30)
+    reflection_end_notice: timedelta = timedelta(days=5)  # the coordinator is told this long before it ends
+    continue_as_new_after_events: int = Field(default=500, ge=MIN_EVENTS_PER_RUN, le=MAX_EVENTS_PER_RUN)
 
 
 class MatchRequest(_Model):
@@ -67,8 +93,8 @@ NoticeTemplate = Literal[
     # to partners
     "offer", "reminder", "offer_withdrawn", "assigned", "checkin", "referral_closed",
     # to coordinators
-    "escalation", "ladder_exhausted", "escalated_alert", "checkin_silence", "issue_reported",
-    "channel_problem", "summary",
+    "escalation", "ladder_exhausted", "escalated_alert", "escalation_to_focal_point", "checkin_silence",
+    "issue_reported", "channel_problem", "reflection_ending", "summary",
 ]
 
 
@@ -102,6 +128,13 @@ class Notice(_Model):
     recipient_id: str
     template: NoticeTemplate
     context: NoticeContext
+    # The referral's n-th notice, counted across its runs (None: sent before notices were counted)
+    number: int | None = None
+
+    def send_key(self, workflow_id: str, channel: str) -> str | None:
+        """What the outbox, Twilio and SMTP dedupe this notice's sends on: the same for every
+        retry and whatever run of the referral sends it. None for a notice without a number."""
+        return None if self.number is None else f"{workflow_id}/notice-{self.number}/{channel}"
 
 
 class Delivery(_Model):
@@ -180,6 +213,9 @@ class FollowUp(_Model):
     answered_at: datetime | None = None
 
 
+AlertedRole = Literal["coordinator", "national_focal_point"]
+
+
 class ChannelProblem(_Model):
     at: datetime
     partner_id: str
@@ -197,7 +233,10 @@ class ServiceStatus(_Model):
     assigned_by_coordinator: bool = False
     attempts: list[Attempt] = Field(default_factory=list)
     escalation_level: int = 0
-    escalated_alerts: int = 0
+    escalated_alerts: int = Field(default=0, description="repeats of the alert while escalated")
+    last_alert_at: datetime | None = Field(default=None, description="escalated: when the last alert went")
+    last_alerted: list[AlertedRole] = Field(default_factory=list, description="escalated: who the last alert reached")
+    next_alert_at: datetime | None = Field(default=None, description="escalated: when the next alert goes")
     follow_ups: list[FollowUp] = Field(default_factory=list)
     issues_reported: int = 0
     completed_at: datetime | None = None
@@ -229,6 +268,9 @@ class ReferralStatus(_Model):
     awaiting_partners: list[str]
     reply_due_by: datetime | None
     channel_problems: list[ChannelProblem] = Field(default_factory=list)
+    reflection_ends_at: datetime | None = Field(
+        default=None, description="end of the reflection period, through which follow-up runs (unset for referrals started before it was kept)"
+    )
     closed_at: datetime | None = None
     closed_reason: Literal["completed", "closed", "cancelled", "consent_withdrawn"] | None = None
 
@@ -251,3 +293,34 @@ class ReferralSummary(_Model):
     code: str
     closed_reason: str
     services: list[ServiceStatus]
+
+
+# --- what a referral carries into its next run ----------------------------------------------
+
+
+class CarriedService(_Model):
+    """One service's state at a safe point: its status and ladder, nothing waiting half done."""
+
+    status: ServiceStatus
+    ladder: list[Candidate]
+    next_index: int
+    checkins_from: int = 0  # where the current partner's check-ins start in status.follow_ups
+
+
+class CarriedState(_Model):
+    """Everything a referral knows, handed to its next run when it continues as new
+    (workflows/continuation.py). Nothing here identifies the person (the intake travels beside
+    it, in ReferralInput); the policy is the one loaded at the referral's start, never re-read."""
+
+    run: int = Field(ge=2, description="the number of the run it starts, 2 for the first continuation")
+    started_at: datetime  # the referral's start, in its first run
+    assessment: Assessment
+    policy: EscalationPolicy
+    services: list[CarriedService]
+    channel_problems: list[ChannelProblem] = Field(default_factory=list)
+    notices_sent: int = 0
+    reflection_ends_at: datetime | None = None
+    reflection_notice_done: bool = False
+
+
+ReferralInput.model_rebuild()

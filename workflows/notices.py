@@ -41,7 +41,7 @@ DELIVERY_GIVE_UP = timedelta(hours=24)
 
 PARTNER_TEMPLATES_BY_SMS = {"offer", "reminder", "offer_withdrawn", "assigned", "checkin", "referral_closed"}
 # Coordinators get every notice by email; these also by SMS because someone must act now.
-COORDINATOR_TEMPLATES_BY_SMS = {"escalation", "ladder_exhausted", "escalated_alert", "issue_reported"}
+COORDINATOR_TEMPLATES_BY_SMS = {"escalation", "ladder_exhausted", "escalated_alert", "escalation_to_focal_point", "issue_reported"}
 
 
 def delivery_summary(notice: Notice, channel: str) -> str:
@@ -71,7 +71,10 @@ def notice_context(
 
 
 class Notices:
-    """The referral's outgoing messages, each a background task saying if any channel got through."""
+    """The referral's outgoing messages, each a background task saying if any channel got through.
+
+    Each notice is numbered (`sent`, carried from run to run when the referral continues as new):
+    its sends are deduplicated on that number, so a notice keeps its key whatever run sends it."""
 
     def __init__(
         self,
@@ -79,20 +82,28 @@ class Notices:
         context: Callable[..., NoticeContext],
         problems: list[ChannelProblem],
         referral_closed: Callable[[], bool],
+        sent: int = 0,
     ) -> None:
         self._region = region  # the coordinator told is the region's
         self._context = context  # builds what a template may say, from the referral's state now
         self._problems = problems  # the referral's channel problems, appended to
         self._referral_closed = referral_closed
         self._background: list[asyncio.Task] = []
+        self.sent = sent  # notices of the referral so far, in every run
+
+    def in_flight(self) -> bool:
+        """A notice is still being sent (or retried)."""
+        return any(not task.done() for task in self._background)
 
     def send(self, recipient: str, recipient_id: str, template: str, **extra: object) -> asyncio.Task[bool]:
         """Send by email and, where it matters, SMS, in the background; the task says if any got through."""
+        self.sent += 1
         notice = Notice(
             recipient=recipient,
             recipient_id=recipient_id,
             template=template,
             context=self._context(**extra),
+            number=self.sent,
         )
         by_sms = PARTNER_TEMPLATES_BY_SMS if recipient == "partner" else COORDINATOR_TEMPLATES_BY_SMS
         channels = ["sms", "email"] if template in by_sms else ["email"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from workflows.models import STAGE_ORDER, Attempt, FollowUp, ServiceStatus, Stage
+from workflows.models import STAGE_ORDER, AlertedRole, Attempt, FollowUp, ServiceStatus, Stage
 
 # --- one service ---------------------------------------------------------------------------
 
@@ -134,6 +134,22 @@ def engaged_partners(services: Iterable[ServiceStatus]) -> list[str]:
     return sorted(partners)
 
 
+# --- who a coordinator's notice reaches ----------------------------------------------------
+
+# Coordinator notices that reach the national focal point whatever the urgency and level.
+FOCAL_POINT_TEMPLATES = frozenset({"ladder_exhausted", "escalation_to_focal_point"})
+
+
+def alerted(template: str, urgency: str, escalation_level: int) -> list[AlertedRole]:
+    """THE rule for who a notice to a region's coordinator reaches: the coordinator, and the
+    national focal point too for an emergency, from escalation level 2, when a service has no
+    partner left, and when unanswered alerts climb to it. The send activities follow it; the
+    status shows it."""
+    if urgency == "emergency" or escalation_level >= 2 or template in FOCAL_POINT_TEMPLATES:
+        return ["coordinator", "national_focal_point"]
+    return ["coordinator"]
+
+
 # --- a service's timeline --------------------------------------------------------------------
 
 TimelineKind = Literal[
@@ -241,7 +257,9 @@ def describe(e: TimelineEvent) -> str:
 
 
 def details_markdown(code: str, stage: str, urgency: str, services: Iterable[ServiceStatus], closed_reason: str | None) -> str:
-    """The Temporal UI's current details: one row per service, nothing about the person."""
+    """The Temporal UI's current details: one row per service, nothing about the person; then,
+    for each escalated service, its last and next alert."""
+    services = list(services)
     lines = [f"**R-{code}** · stage `{stage}` · urgency `{urgency}`", ""]
     lines.append("| service | stage | partner | deadline | level | last event |")
     lines.append("|---|---|---|---|---|---|")
@@ -253,9 +271,20 @@ def details_markdown(code: str, stage: str, urgency: str, services: Iterable[Ser
         last = latest_event(s)
         event = f"{describe(last)} ({last.at:%H:%M} UTC)" if last is not None and last.at is not None else "-"
         lines.append(f"| {s.service} | {s.stage} | {s.partner_id or '-'} | {when} | {s.escalation_level} | {event} |")
+    alerts = [alert_line(s) for s in services if s.stage == "escalated" and s.next_alert_at]
+    if alerts:
+        lines += ["", *alerts]
     if closed_reason:
         lines += ["", f"Closed: {closed_reason}"]
     return "\n".join(lines)
+
+
+def alert_line(s: ServiceStatus) -> str:
+    """An escalated service's alerts: who the last one reached and when the next one goes."""
+    last = f"alert {s.escalated_alerts} sent {when_utc(s.last_alert_at)}" if s.last_alert_at else "no alert sent yet"
+    who = " and ".join(r.replace("_", " ") for r in s.last_alerted) or "-"
+    nxt = when_utc(s.next_alert_at) if s.next_alert_at else "-"
+    return f"- `{s.service}`: {last} to {who}; next alert {nxt}"
 
 
 def summary_line(s: ServiceStatus) -> str:

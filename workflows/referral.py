@@ -1,17 +1,22 @@
-"""ReferralWorkflow: one referral, from identification to closure.
+"""ReferralWorkflow: one referral, from identification to closure, however many months it takes.
 
-Deterministic code only. Each needed service runs its own partner ladder side by side:
-offer -> reminder -> deadline (escalate, next candidate) -> ... -> escalated (alerts repeat until
-the coordinator assigns a partner) -> follow-up check-ins -> completed. Partner replies and
-coordinator actions arrive as updates whose validators reject, without a trace in history,
-anything that does not apply (a late reply, a stranger, an unknown action).
+Deterministic code only. Each needed service runs its own partner ladder side by side
+(workflows/service_ladder.py): offer -> reminder -> deadline (escalate, next candidate) -> ... ->
+escalated (alerts back off and climb until the coordinator assigns a partner) -> follow-up
+check-ins through the reflection period -> completed. Partner replies and coordinator actions
+arrive as updates whose validators reject, without a trace in history, anything that does not
+apply (a late reply, a stranger, an unknown action).
+
+A referral continues as new (same workflow id, a fresh history) once its run's history is long:
+at a safe point, where every service sits in a safe wait with nothing to handle, no handler runs
+and no notice is being sent, it hands its whole state (models.CarriedState) to the next run,
+which waits for the very same reminders, deadlines, alerts and check-ins.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -19,18 +24,17 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.referral_activities import ReferralActivities
-    from workflows import projection, update_rules
+    from workflows import projection, schedules, update_rules
     from workflows import search_attributes as sa
+    from workflows.continuation import REFLECTION, Continuation
     from workflows.intake import assess
     from workflows.models import (
         ActionOutcome,
-        Attempt,
-        Candidate,
+        CarriedState,
         ChannelProblem,
         ChannelReport,
         CoordinatorAction,
         EscalationPolicy,
-        FollowUp,
         MatchRequest,
         NoticeContext,
         PartnerReply,
@@ -44,45 +48,98 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.notices import Notices, notice_context
     from workflows.projection import when_utc as _at
+    from workflows.service_ladder import ServiceLadder, ServiceRun
 
 # Config files can be fixed by an operator while the activity retries, so nothing is final.
 CONFIG_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 
-
-@dataclass
-class _ServiceRun:
-    """A service's ladder and the state the status query shows."""
-
-    status: ServiceStatus
-    ladder: list[Candidate] = field(default_factory=list)
-    next_index: int = 0
-    assignment: str | None = None  # partner assigned by hand, not yet taken up
-    done: bool = False
+# workflow.patched id, asked once at the start of every run: alerts that back off and climb,
+# follow-up through the reflection period and its notice, continue-as-new. A referral started
+# before it (no marker in its history) keeps the former lifecycle in its current run until it
+# continues as new (workflows/continuation.py); its next run is all new.
+LONG_LIVED = "long-lived-referral-2026-11"
 
 
 @workflow.defn
-class ReferralWorkflow:
+class ReferralWorkflow(Continuation, ServiceLadder):
     @workflow.init
     def __init__(self, input: ReferralInput) -> None:
         self._input = input
         self._code = input.code
         self._assessment = assess(input.intake)
-        self._services: dict[str, _ServiceRun] = {
-            s: _ServiceRun(status=ServiceStatus(service=s)) for s in self._assessment.needs
+        self._services = {
+            s: ServiceRun(status=ServiceStatus(service=s)) for s in self._assessment.needs
         }
         self._policy: EscalationPolicy | None = None
         self._closing: str | None = None  # closed | cancelled | consent_withdrawn
         self._closed_reason: str | None = None
         self._closed_at: datetime | None = None
         self._channel_problems: list[ChannelProblem] = []
-        self._notices = Notices(input.intake.region, self._context, self._channel_problems, lambda: self._closed_at is not None)
+        self._started_at = workflow.info().start_time  # the referral's, not this run's, once carried
+        self._run_number = 1
+        self._reflection_ends_at: datetime | None = None
+        self._reflection_notice_done = False
+        self._long_lived = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._safe_waits: dict[str, Callable[[], bool]] = {}
+        carried = input.carried
+        if carried is not None:
+            self._resume(carried)
+        self._notices = Notices(
+            input.intake.region, self._context, self._channel_problems, lambda: self._closed_at is not None,
+            sent=carried.notices_sent if carried else 0,
+        )
         self._published: tuple | None = None
+
+    def _resume(self, carried: CarriedState) -> None:
+        """The state the run before handed over; nothing is loaded or matched again."""
+        self._assessment = carried.assessment
+        self._services = {c.status.service: ServiceRun.resumed(c) for c in carried.services}
+        self._policy = carried.policy
+        self._channel_problems = carried.channel_problems
+        self._started_at = carried.started_at
+        self._run_number = carried.run
+        self._reflection_ends_at = carried.reflection_ends_at
+        self._reflection_notice_done = carried.reflection_notice_done
 
     # --- the lifecycle -------------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: ReferralInput) -> ReferralSummary:
+        self._long_lived = workflow.patched(LONG_LIVED)
         self._publish()
+        if input.carried is None:
+            await self._identify(input)
+        else:
+            self._log("referral continued as new", run=self._run_number)
+        policy = self._require_policy()
+        if self._long_lived and self._reflection_ends_at is None:
+            self._reflection_ends_at = schedules.reflection_ends(policy, self._started_at, minor=self._assessment.minor)
+        self._tasks = {name: asyncio.create_task(self._run_service(run)) for name, run in self._services.items()}
+        if self._long_lived and not self._reflection_notice_done:
+            self._tasks[REFLECTION] = asyncio.create_task(self._watch_reflection_period())
+        await self._run_services_or_continue_as_new()
+
+        self._closed_reason = self._closing or "completed"
+        self._closed_at = workflow.now()
+        for run in self._services.values():
+            run.status.stage = "closed"
+        self._publish()
+        self._log("referral closed", reason=self._closed_reason)
+        self._notices.to_coordinator(
+            "summary",
+            closed_reason=self._closed_reason,
+            summary_lines=[projection.summary_line(r.status) for r in self._services.values()],
+        )
+        await self._notices.drain()
+        return ReferralSummary(
+            code=self._code,
+            closed_reason=self._closed_reason,
+            services=[r.status for r in self._services.values()],
+        )
+
+    async def _identify(self, input: ReferralInput) -> None:
+        """A new referral: load the policy it will keep for its whole life, rank each service's partners."""
         self._log("referral started", urgency=self._assessment.urgency, region=input.intake.region, services=list(self._services))
         self._count("referrals_started", "referrals started", urgency=self._assessment.urgency, region=input.intake.region)
         self._policy = await workflow.execute_activity_method(
@@ -113,168 +170,26 @@ class ReferralWorkflow:
             run.ladder = ladder
             run.status.candidates = [c.partner_id for c in ladder]
 
-        await asyncio.gather(*(self._run_service(run) for run in self._services.values()))
+    # --- the reflection period ---------------------------------------------------------------
 
-        self._closed_reason = self._closing or "completed"
-        self._closed_at = workflow.now()
-        for run in self._services.values():
-            run.status.stage = "closed"
-        self._publish()
-        self._log("referral closed", reason=self._closed_reason)
-        self._notices.to_coordinator(
-            "summary",
-            closed_reason=self._closed_reason,
-            summary_lines=[projection.summary_line(r.status) for r in self._services.values()],
-        )
-        await self._notices.drain()
-        return ReferralSummary(
-            code=self._code,
-            closed_reason=self._closed_reason,
-            services=[r.status for r in self._services.values()],
-        )
-
-    async def _run_service(self, run: _ServiceRun) -> None:
-        while not self._closing and not run.done:
-            if run.assignment is not None:
-                self._take_assignment(run)
-            if run.status.accepted_at is not None:
-                await self._follow_up(run)
-            elif run.next_index < len(run.ladder):
-                candidate = run.ladder[run.next_index]
-                run.next_index += 1
-                await self._offer(run, candidate)
-            else:
-                await self._escalated(run)
-        if run.done and run.status.completed_at is None:
-            run.status.completed_at = workflow.now()
-        run.status.stage = "closed"
-        self._publish()
-
-    async def _offer(self, run: _ServiceRun, candidate: Candidate) -> None:
-        policy = self._require_policy()
-        now = workflow.now()
-        attempt = Attempt(
-            partner_id=candidate.partner_id,
-            offered_at=now,
-            remind_at=now + policy.remind_after,
-            deadline=now + policy.reply_within,
-        )
-        run.status.attempts.append(attempt)
-        run.status.partner_id = candidate.partner_id
-        run.status.stage = "notification"
-        self._publish()
-        self._log("offer", service=run.status.service, partner=candidate.partner_id, offer=len(run.status.attempts))
-        self._count("offers_sent", "offers made to a partner", service=run.status.service)
-        who = f"{candidate.partner_id} ({run.status.service})"
-
-        settled = lambda: attempt.outcome is not None or self._interrupted(run)  # noqa: E731
-        reached = self._notify_partner(run, candidate.partner_id, "offer", deadline=attempt.deadline)
-        await self._wait_until(
-            lambda: settled() or reached.done(),
-            attempt.deadline,
-            f"offer to {who}: wait for the SMS or email to go out, until {_at(attempt.deadline)} at most",
-        )
-        if reached.done() and not reached.cancelled() and not reached.result() and attempt.outcome is None:
-            # Neither SMS nor email can reach this partner: move on at once.
-            attempt.outcome = "timed_out"
-            attempt.reason = "unreachable"
-            return self._after_attempt(run)
-        if self._closing:
-            return self._after_attempt(run)  # the closing referral has withdrawn this offer
-        run.status.stage = "awaiting_acceptance"
-        self._publish()
-
-        if not await self._wait_until(
-            settled, attempt.remind_at, f"remind {who} if no reply by {_at(attempt.remind_at)}"
-        ):
-            attempt.reminded = True
-            self._notify_partner(run, candidate.partner_id, "reminder", deadline=attempt.deadline)
-        if not await self._wait_until(
-            settled, attempt.deadline, f"escalate if {who} has not replied by {_at(attempt.deadline)}"
-        ):
-            attempt.outcome = "timed_out"
-            run.status.escalation_level += 1
-            self._escalation(run, "no reply", partner=candidate.partner_id)
-            self._notify_coordinator(run, "escalation", partner_id=candidate.partner_id)
-        elif attempt.outcome is None:
-            # Interrupted: assigned to someone else by hand, or the service closed.
-            # (A closing referral has already withdrawn its offers.)
-            attempt.outcome = "reassigned" if run.assignment else "withdrawn"
-            self._notify_partner(run, candidate.partner_id, "offer_withdrawn")
-        self._after_attempt(run)
-
-    def _after_attempt(self, run: _ServiceRun) -> None:
-        attempt = run.status.attempts[-1]
-        if attempt.outcome == "accepted":
-            run.status.accepted_at = attempt.replied_at
-            run.status.stage = "follow_up"
-        else:
-            run.status.partner_id = None
-        self._publish()
-
-    async def _escalated(self, run: _ServiceRun) -> None:
-        """No candidate left: alert the coordinator, again and again, until someone acts."""
-        policy = self._require_policy()
-        run.status.stage = "escalated"
-        run.status.escalation_level += 1
-        self._escalation(run, "no candidate left")
-        self._publish()
-        self._notify_coordinator(run, "ladder_exhausted")
-        while not self._interrupted(run):
-            next_alert = workflow.now() + policy.escalated_alert_every
-            if not await self._wait_until(
-                lambda: self._interrupted(run), next_alert, f"{run.status.service}: alert the coordinator again at {_at(next_alert)}"
-            ):
-                run.status.escalated_alerts += 1
-                self._notify_coordinator(run, "escalated_alert", alert_count=run.status.escalated_alerts)
-
-    def _take_assignment(self, run: _ServiceRun) -> None:
-        previous = run.status.partner_id if run.status.accepted_at else None
-        partner_id, run.assignment = run.assignment, None
-        assert partner_id is not None
-        if previous and previous != partner_id:
-            self._notify_partner(run, previous, "offer_withdrawn")
-        run.status.partner_id = partner_id
-        run.status.accepted_at = workflow.now()
-        run.status.assigned_by_coordinator = True
-        run.status.stage = "follow_up"
-        self._publish()
-        self._notify_partner(run, partner_id, "assigned")
-
-    async def _follow_up(self, run: _ServiceRun) -> None:
-        """Check-ins at the policy's offsets after acceptance; silence escalates."""
-        policy = self._require_policy()
-        partner_id = run.status.partner_id
-        accepted_at = run.status.accepted_at
-        assert partner_id is not None and accepted_at is not None
-        stop = lambda: run.done or self._interrupted(run)  # noqa: E731
-        for number, offset in enumerate(policy.follow_ups, start=1):
-            checkin = FollowUp(number=number, partner_id=partner_id, due_at=accepted_at + offset)
-            run.status.follow_ups.append(checkin)
-            if await self._wait_until(stop, checkin.due_at, f"check-in {number} with {partner_id} ({run.status.service}) at {_at(checkin.due_at)}"):
-                return
-            checkin.sent_at = workflow.now()
-            checkin.answer_by = checkin.sent_at + policy.checkin_answer_within
-            self._notify_partner(run, partner_id, "checkin", checkin_number=number, deadline=checkin.answer_by)
-            self._publish()
-            answered = lambda checkin=checkin: checkin.answer is not None or stop()  # noqa: E731
-            if not await self._wait_until(
-                answered, checkin.answer_by, f"escalate if {partner_id} has not answered check-in {number} by {_at(checkin.answer_by)}"
-            ):
-                checkin.answer = "silence"
-                run.status.escalation_level += 1
-                self._escalation(run, "check-in not answered", partner=partner_id)
-                self._notify_coordinator(run, "checkin_silence", partner_id=partner_id, checkin_number=number)
-            self._publish()
-            if stop():
-                return
-        # All check-ins done: the service stays with its partner until DONE or the coordinator acts.
-        await workflow.wait_condition(stop)
+    async def _watch_reflection_period(self) -> None:
+        """Tell the coordinator, `reflection_end_notice` before the reflection period ends, while
+        the referral is open."""
+        ends = self._reflection_ends_at
+        assert ends is not None
+        at = schedules.reflection_notice_at(self._require_policy(), ends)
+        over = lambda: bool(self._closing) or all(r.done for r in self._services.values())  # noqa: E731
+        if await self._wait_until(over, at, f"tell the coordinator the reflection period ends {_at(ends)}", safe=REFLECTION):
+            return
+        self._reflection_notice_done = True
+        if workflow.now() < ends:
+            self._notices.to_coordinator("reflection_ending", deadline=ends)
 
     # --- partner replies -----------------------------------------------------------------
 
     @workflow.update
     async def partner_reply(self, reply: PartnerReply) -> ReplyOutcome:
+        await self._until_resumed()
         runs = self._reply_targets(reply)
         now = workflow.now()
         action = reply.action.lower()
@@ -287,7 +202,7 @@ class ReferralWorkflow:
                 attempt.reason = reply.reason if action == "decline" else None
                 self._log(f"offer {attempt.outcome}", service=run.status.service, partner=reply.partner_id)
                 if action == "accept":
-                    waited = (now - workflow.info().start_time).total_seconds()
+                    waited = (now - self._started_at).total_seconds()
                     workflow.metric_meter().create_histogram_float(
                         "time_to_acceptance_seconds", "from the referral's start to a partner's acceptance", "s"
                     ).record(max(waited, 0.0), {"urgency": self._assessment.urgency})
@@ -311,7 +226,7 @@ class ReferralWorkflow:
     def _validate_partner_reply(self, reply: PartnerReply) -> None:
         self._reply_targets(reply)
 
-    def _reply_targets(self, reply: PartnerReply) -> list[_ServiceRun]:
+    def _reply_targets(self, reply: PartnerReply) -> list[ServiceRun]:
         """The services a reply applies to; raises the reason it applies to none."""
         targets = update_rules.reply_targets(
             self._statuses(), self._done(), reply, ref=f"R-{self._code}", closed=bool(self._closing or self._closed_reason)
@@ -351,6 +266,7 @@ class ReferralWorkflow:
 
     @workflow.update
     async def coordinator_action(self, action: CoordinatorAction) -> ActionOutcome:
+        await self._until_resumed()
         if action.action == "assign":
             assert action.service is not None  # the validator requires it
             run = self._services[action.service]
@@ -385,7 +301,7 @@ class ReferralWorkflow:
             stage=self._stage(),
             urgency=self._assessment.urgency,
             region=intake.region,
-            started_at=workflow.info().start_time,
+            started_at=self._started_at,
             assessment=self._assessment,
             age_group=intake.person.age_group,
             languages=intake.person.languages,
@@ -394,6 +310,7 @@ class ReferralWorkflow:
             awaiting_partners=awaiting,
             reply_due_by=due,
             channel_problems=self._channel_problems,
+            reflection_ends_at=self._reflection_ends_at,
             closed_at=self._closed_at,
             closed_reason=self._closed_reason,
         )
@@ -452,37 +369,14 @@ class ReferralWorkflow:
         """A counter on the workflow's metric meter (replay-safe: nothing is recorded on replay)."""
         workflow.metric_meter().create_counter(name, description).add(1, labels)
 
-    def _escalation(self, run: _ServiceRun, why: str, **fields: object) -> None:
-        level = run.status.escalation_level
-        self._log("escalation", service=run.status.service, escalation_level=level, why=why, **fields)
-        self._count("escalations", "escalations, by the level reached", level=str(level))
-
-    def _require_policy(self) -> EscalationPolicy:
-        assert self._policy is not None
-        return self._policy
-
-    def _interrupted(self, run: _ServiceRun) -> bool:
-        return bool(self._closing) or run.assignment is not None or run.done
-
-    async def _wait_until(self, condition: Callable[[], bool], until: datetime, summary: str) -> bool:
-        """Wait for `condition` until `until`; True if it held in time."""
-        remaining = until - workflow.now()
-        if remaining <= timedelta(0):
-            return condition()
-        try:
-            await workflow.wait_condition(condition, timeout=remaining, timeout_summary=summary)
-            return True
-        except TimeoutError:
-            return condition()
-
     def _context(self, **extra: object) -> NoticeContext:
         services, level = list(self._services), self._escalation_level()
         return notice_context(self._code, self._input.intake, self._assessment, services, level, **extra)
 
-    def _notify_partner(self, run: _ServiceRun, partner_id: str, template: str, **extra: object) -> asyncio.Task[bool]:
+    def _notify_partner(self, run: ServiceRun, partner_id: str, template: str, **extra: object) -> asyncio.Task[bool]:
         return self._notices.send("partner", partner_id, template, service=run.status.service, **extra)
 
-    def _notify_coordinator(self, run: _ServiceRun, template: str, **extra: object) -> asyncio.Task[bool]:
+    def _notify_coordinator(self, run: ServiceRun, template: str, **extra: object) -> asyncio.Task[bool]:
         extra.setdefault("escalation_level", run.status.escalation_level)
         return self._notices.to_coordinator(template, service=run.status.service, **extra)
 

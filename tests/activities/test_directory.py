@@ -21,7 +21,7 @@ from activities.directory import ConfigError, Directory, load_directory, load_po
 from config.settings import CONFIG_DIR
 from tests.fixtures import DEMO_POLICY_FILE, PARTNERS_FILE, POLICY_FILE
 from workflows.intake import REGIONS, SERVICES
-from workflows.models import MatchRequest
+from workflows.models import EscalationPolicy, MatchRequest
 
 PARTNERS = PARTNERS_FILE
 POLICY = POLICY_FILE
@@ -502,6 +502,111 @@ def test_reserved_key_in_a_ladder(tmp_path: Path, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_policy(path, "normal")
     _assert_names(err, path, f"urgencies.normal.{key}")
+
+
+# --- alerts that back off, the reflection period, continue-as-new ------------------------------
+
+LADDER_KEYS = {
+    "reply_within", "remind_after", "checkin_answer_within",
+    "escalated_alert_every", "escalated_alert_backoff", "escalated_alert_max", "focal_point_after_alerts",
+}  # fmt: skip
+POLICY_WIDE_KEYS = {"urgencies", "follow_ups", "follow_up_every", "reflection_period", "reflection_end_notice", "continue_as_new_after_events"}
+
+
+@POLICIES
+def test_every_setting_is_written_out(path: Path) -> None:
+    """The files operators read state every setting: none is left to a default in the code."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert set(raw) == POLICY_WIDE_KEYS
+    assert set(raw["reflection_period"]) == {"adults", "minors"}
+    for urgency in URGENCIES:
+        assert set(raw["urgencies"][urgency]) == LADDER_KEYS
+    # ... and together they are every field of the policy a referral keeps.
+    fields = set(EscalationPolicy.model_fields) - {"urgency", "follow_ups", "reflection_period_adults", "reflection_period_minors"}
+    assert fields == (LADDER_KEYS | POLICY_WIDE_KEYS) - {"urgencies", "follow_ups", "reflection_period"}
+
+
+def test_backoff_reflection_and_runs_as_written() -> None:
+    emergency = load_policy(POLICY, "emergency")
+    assert (emergency.escalated_alert_every, emergency.escalated_alert_backoff, emergency.escalated_alert_max) == (30 * M, 2.0, 24 * H)
+    assert emergency.focal_point_after_alerts == 2
+    assert load_policy(POLICY, "normal").focal_point_after_alerts == 3
+    assert (emergency.reflection_period_adults, emergency.reflection_period_minors) == (30 * D, 30 * D)
+    assert (emergency.follow_up_every, emergency.reflection_end_notice) == (14 * D, 5 * D)
+    assert emergency.continue_as_new_after_events == 500
+
+
+@POLICIES
+@pytest.mark.parametrize("urgency", URGENCIES)
+def test_alerts_back_off_to_a_cap_and_climb(path: Path, urgency: str) -> None:
+    p = load_policy(path, urgency)
+    assert p.escalated_alert_backoff >= 1 and p.escalated_alert_max >= p.escalated_alert_every
+    assert p.focal_point_after_alerts >= 1
+    assert p.reflection_end_notice < min(p.reflection_period_adults, p.reflection_period_minors)
+    assert 30 <= p.continue_as_new_after_events <= 1500
+
+
+def test_a_policy_without_the_later_settings_takes_the_defaults(tmp_path: Path) -> None:
+    """A file written before alerts backed off (and the bench's and tests' short policies)."""
+    def mutate(d: dict[str, Any]) -> None:
+        for key in POLICY_WIDE_KEYS - {"urgencies", "follow_ups"}:
+            d.pop(key)
+        for ladder in d["urgencies"].values():
+            for key in ("escalated_alert_backoff", "escalated_alert_max", "focal_point_after_alerts"):
+                ladder.pop(key)
+
+    p = load_policy(_policy(tmp_path, mutate), "normal")
+    defaults = EscalationPolicy.model_fields
+    later = ("escalated_alert_backoff", "escalated_alert_max", "focal_point_after_alerts", "follow_up_every", "reflection_period_adults")
+    for name in (*later, "continue_as_new_after_events"):
+        assert getattr(p, name) == defaults[name].default, name
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "words"),
+    [
+        ("escalated_alert_backoff", 0.5, "at least 1"),
+        ("escalated_alert_backoff", "twice", "a number"),
+        ("escalated_alert_backoff", True, "a number"),
+        ("focal_point_after_alerts", 0, "at least 1"),
+        ("focal_point_after_alerts", 2.5, "whole number"),
+        ("escalated_alert_max", "soon", "not a duration"),
+        ("escalated_alert_max", "1m", "shorter than escalated_alert_every"),
+    ],
+)
+def test_bad_ladder_setting_names_file_and_field(tmp_path: Path, key: str, bad: object, words: str) -> None:
+    path = _policy(tmp_path, lambda d: d["urgencies"]["urgent"].__setitem__(key, bad))
+    with pytest.raises(ConfigError) as err:
+        load_policy(path, "urgent")
+    _assert_names(err, path, f"urgencies.urgent.{key}", words)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where"),
+    [
+        (lambda d: d.__setitem__("continue_as_new_after_events", 10), "continue_as_new_after_events"),
+        (lambda d: d.__setitem__("continue_as_new_after_events", 5000), "continue_as_new_after_events"),
+        (lambda d: d.__setitem__("continue_as_new_after_events", "many"), "continue_as_new_after_events"),
+        (lambda d: d.__setitem__("follow_up_every", "fortnightly"), "follow_up_every"),
+        (lambda d: d["reflection_period"].__setitem__("minors", "a month"), "reflection_period.minors"),
+        (lambda d: d["reflection_period"].__setitem__("elders", "30d"), "reflection_period.elders"),
+        (lambda d: d.__setitem__("reflection_end_notice", "30d"), "reflection_end_notice"),
+        (lambda d: d.__setitem__("reflection_periods", "30d"), "reflection_periods"),
+        (lambda d: d["urgencies"]["normal"].__setitem__("follow_up_every", "7d"), "urgencies.normal.follow_up_every"),
+    ],
+)
+def test_bad_policy_wide_setting_names_file_and_field(tmp_path: Path, mutate, where: str) -> None:  # type: ignore[no-untyped-def]
+    path = _policy(tmp_path, mutate)
+    with pytest.raises(ConfigError) as err:
+        load_policy(path, "normal")
+    _assert_names(err, path, where)
+
+
+def test_demo_policy_backs_off_within_a_minute_or_two() -> None:
+    for urgency in URGENCIES:
+        demo = load_policy(DEMO_POLICY, urgency)
+        assert demo.escalated_alert_max <= 2 * M
+        assert demo.follow_up_every < 2 * M and demo.reflection_period_adults < 2 * M and demo.reflection_period_minors < 2 * M
 
 
 def test_adult_child_protection_has_no_candidate(directory: Directory) -> None:

@@ -54,6 +54,7 @@ from starter.devstack import search_attribute_flags
 from tests import conftest as base
 from tests.conftest import free_port
 from tests.fixtures import PARTNERS_FILE
+from tests.histories import referral_runs
 from workflows.models import CoordinatorAction, Delivery, Notice, PartnerReply, ReferralStatus
 
 # The key every test client and worker encrypts with (tests/conftest.py); None before encryption.
@@ -623,14 +624,33 @@ class MessageCount:
     unique: int = 0  # distinct activity keys seen at the outbox / sink
     received: int = 0  # lines / emails seen (received - unique = duplicates)
     lost: int = 0  # completed sends with no message seen
+    repeated: int = 0  # the same notice scheduled again under another number (a resent reminder, alert...)
+
+
+def _send_key(wid: str, run_id: str, activity_id: str, notice: Notice, channel: str) -> str:
+    """The key the send activity deduplicates on (activities/referral_activities.py): the notice's
+    number, whatever run sends it; the run and activity for a notice from before numbering."""
+    return notice.send_key(wid, channel) or f"{wid}/{run_id}/{activity_id}"
+
+
+def _row(rows: dict[tuple, MessageCount], code: str, notice: Notice, channel: str) -> MessageCount:
+    key = (code, notice.template, channel, notice.recipient_id)
+    return rows.setdefault(key, MessageCount(*key))
+
+
+# Notices that may legitimately go twice with the same content (two refusals of one channel).
+_MAY_REPEAT = {"channel_problem"}
 
 
 async def message_report(s: Stack, codes: list[str]) -> list[MessageCount]:
-    """Per (code, template, channel, recipient): what the history says was sent, and what arrived.
+    """Per (code, template, channel, recipient): what the histories of every run of the referral
+    say was sent, and what arrived.
 
-    The activity key is `<workflow id>/<run id>/<activity id>/<contact id>` (the outbox line's
-    id; sha256 of it is the email's Message-ID), so every line and email maps to one scheduled
-    send. A duplicate is the same key twice.
+    Each send's key is `<workflow id>/notice-<n>/<channel>` (see `_send_key`), plus
+    `/<contact id>` for the outbox line's id; sha256 of it is the email's Message-ID. So every
+    line and email maps to one scheduled send, and a duplicate is the same key twice. A notice
+    scheduled again with the same content under another number (which the key cannot catch) is
+    counted as `repeated`.
     """
     outbox = Counter(line["id"] for line in read_outbox(s.settings.outbox_dir))
     mails = s.sink.message_ids()
@@ -638,40 +658,45 @@ async def message_report(s: Stack, codes: list[str]) -> list[MessageCount]:
     rows: dict[tuple, MessageCount] = {}
     for code in codes:
         wid = referrals.workflow_id(code)
-        handle = s.client.get_workflow_handle(wid)
-        run_id = (await handle.describe()).run_id
-        history = await handle.fetch_history()
-        scheduled: dict[int, tuple[str, str, Notice]] = {}
-        for event in history.events:
-            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-                attrs = event.activity_task_scheduled_event_attributes
-                if attrs.activity_type.name in SEND_ACTIVITIES:
-                    [notice] = await s.client.data_converter.decode(list(attrs.input.payloads), [Notice])
-                    scheduled[event.event_id] = (attrs.activity_id, attrs.activity_type.name, notice)
-            elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-                attrs = event.activity_task_completed_event_attributes
-                if attrs.scheduled_event_id not in scheduled:
-                    continue
-                activity_id, kind, notice = scheduled[attrs.scheduled_event_id]
-                [delivery] = await s.client.data_converter.decode(list(attrs.result.payloads), [Delivery])
-                channel = "sms" if kind == "send_sms" else "email"
-                row = rows.setdefault((code, notice.template, channel, notice.recipient_id), MessageCount(code, notice.template, channel, notice.recipient_id))
-                if delivery.status != "sent":
-                    continue
-                row.completed += 1
-                key = f"{wid}/{run_id}/{activity_id}/"
-                if channel == "sms":
-                    seen = {k: n for k, n in outbox.items() if k.startswith(key)}
-                else:
-                    seen = {}
-                    for cid in contacts:
-                        mid = hashlib.sha256(f"{key}{cid}".encode()).hexdigest()[:32]
-                        if mails.get(mid):
-                            seen[mid] = mails[mid]
-                row.unique += len(seen)
-                row.received += sum(seen.values())
-                if not seen:
-                    row.lost += 1
+        seen_content: dict[tuple, int | None] = {}
+        for history in await referral_runs(s.client, wid):
+            run_id = history.run_id
+            scheduled: dict[int, tuple[str, str, Notice]] = {}
+            for event in history.events:
+                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                    attrs = event.activity_task_scheduled_event_attributes
+                    if attrs.activity_type.name in SEND_ACTIVITIES:
+                        [notice] = await s.client.data_converter.decode(list(attrs.input.payloads), [Notice])
+                        scheduled[event.event_id] = (attrs.activity_id, attrs.activity_type.name, notice)
+                        channel = "sms" if attrs.activity_type.name == "send_sms" else "email"
+                        content = (channel, notice.recipient_id, notice.template, notice.context.model_dump_json())
+                        if notice.template not in _MAY_REPEAT and content in seen_content and seen_content[content] != notice.number:
+                            _row(rows, code, notice, channel).repeated += 1
+                        seen_content.setdefault(content, notice.number)
+                elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                    attrs = event.activity_task_completed_event_attributes
+                    if attrs.scheduled_event_id not in scheduled:
+                        continue
+                    activity_id, kind, notice = scheduled[attrs.scheduled_event_id]
+                    [delivery] = await s.client.data_converter.decode(list(attrs.result.payloads), [Delivery])
+                    channel = "sms" if kind == "send_sms" else "email"
+                    row = _row(rows, code, notice, channel)
+                    if delivery.status != "sent":
+                        continue
+                    row.completed += 1
+                    key = _send_key(wid, run_id, activity_id, notice, channel) + "/"
+                    if channel == "sms":
+                        seen = {k: n for k, n in outbox.items() if k.startswith(key)}
+                    else:
+                        seen = {}
+                        for cid in contacts:
+                            mid = hashlib.sha256(f"{key}{cid}".encode()).hexdigest()[:32]
+                            if mails.get(mid):
+                                seen[mid] = mails[mid]
+                    row.unique += len(seen)
+                    row.received += sum(seen.values())
+                    if not seen:
+                        row.lost += 1
     return list(rows.values())
 
 
@@ -684,6 +709,8 @@ def summarise(rows: list[MessageCount]) -> dict[str, int]:
         "lost": sum(r.lost for r in rows),
         "sms_duplicates": sum(r.received - r.unique for r in rows if r.channel == "sms"),
         "email_duplicates": sum(r.received - r.unique for r in rows if r.channel == "email"),
+        "sms_repeated": sum(r.repeated for r in rows if r.channel == "sms"),
+        "email_repeated": sum(r.repeated for r in rows if r.channel == "email"),
     }
 
 
@@ -701,13 +728,11 @@ def per_referral_table(rows: list[MessageCount], plans: list[Plan]) -> str:
         needs = "+".join(p.needs)
         completed = sum(r.completed for r in mine)
         lines.append(f"R-{code:<7} {p.kind:<13} {needs:<16} {reason or '-':<9} {completed:>5} {sms:>4} {mail:>5} {dup:>4} {lost:>4}")
-    dups = [r for r in rows if r.received > r.unique or r.lost]
+    dups = [r for r in rows if r.received > r.unique or r.lost or r.repeated]
     if dups:
         lines.append("")
         lines.append("duplicated or lost, by (referral, template, channel, recipient):")
         for r in dups:
-            lines.append(
-                f"  R-{r.code} {r.template:<16} {r.channel:<5} {r.recipient:<20} "
-                f"sends {r.completed} seen {r.unique} received {r.received} lost {r.lost}"
-            )
+            counts = f"sends {r.completed} seen {r.unique} received {r.received} lost {r.lost} repeated {r.repeated}"
+            lines.append(f"  R-{r.code} {r.template:<16} {r.channel:<5} {r.recipient:<20} {counts}")
     return "\n".join(lines)

@@ -1,10 +1,12 @@
 """The worker SIGKILLed at random moments while referrals run, then restarted: every referral
 reaches its expected end, none is started twice, and every message the history says was sent
-is in the outbox or the mail sink (duplicates, the same activity key twice, are counted).
+is in the outbox or the mail sink (duplicates, the same activity key twice, are counted; so is
+a notice sent again under another number).
 
-`test_worker_sigkill_mid_lifecycle` (5 referrals, a policy in seconds) runs with `make test`;
-`test_worker_sigkill_50_referrals` (50 referrals, the demo policy, 5+ kills) with
-`make test-faults`.
+`test_worker_sigkill_mid_lifecycle` (5 referrals, a policy in seconds) and
+`test_worker_sigkill_across_continue_as_new` (5 referrals continuing as new every 40 events)
+run with `make test`; `test_worker_sigkill_50_referrals` (50 referrals, the demo policy, 5+
+kills) and `test_worker_sigkill_across_continue_as_new_30_referrals` with `make test-faults`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tests.faults.conftest import (
     write_policy,
 )
 from tests.fixtures import DEMO_POLICY_FILE
+from tests.histories import referral_runs
 
 FAST_POLICY = """
 urgencies:
@@ -40,6 +43,25 @@ urgencies:
   urgent: {reply_within: 6s, remind_after: 3s, checkin_answer_within: 10s, escalated_alert_every: 4s}
   normal: {reply_within: 6s, remind_after: 3s, checkin_answer_within: 10s, escalated_alert_every: 4s}
 follow_ups: [3s, 6s, 9s]
+"""
+
+
+# Continuing as new past 40 events (a referral's lifecycle writes 100 to 200), with alerts that
+# back off and climb and follow-up through a 30-second reflection period. Replies have 20 s: with
+# 6 or 10 s, kills every few seconds (and the driver's status queries waiting out the restarts)
+# now and then let every offer of a referral time out before the driver's decline gets through.
+CONTINUING_POLICY = """
+urgencies:
+  emergency: &ladder
+    {reply_within: 20s, remind_after: 10s, checkin_answer_within: 10s,
+     escalated_alert_every: 2s, escalated_alert_backoff: 1.5, escalated_alert_max: 8s, focal_point_after_alerts: 2}
+  urgent: *ladder
+  normal: *ladder
+follow_ups: [3s, 6s, 9s]
+follow_up_every: 5s
+reflection_period: {adults: 30s, minors: 30s}
+reflection_end_notice: 5s
+continue_as_new_after_events: 40
 """
 
 
@@ -99,7 +121,7 @@ async def run_with_kills(s: Stack, n: int, seed: int, every: tuple[float, float]
 
     for line in kill_log:
         say(line)
-    query = f"WorkflowType = 'ReferralWorkflow' AND TaskQueue = '{s.task_queue}'"
+    query = f"{referrals.LATEST_RUNS} AND TaskQueue = '{s.task_queue}'"
 
     async def all_listed():
         rows = await referrals.list_referrals(s.client, query)
@@ -115,6 +137,7 @@ async def run_with_kills(s: Stack, n: int, seed: int, every: tuple[float, float]
 
     report = await message_report(s, [p.code for p in plans])
     totals = summarise(report)
+    runs, largest = await run_counts(s, [p.code for p in plans])
     say(per_referral_table(report, plans))
     figures = {
         "referrals": n,
@@ -126,6 +149,9 @@ async def run_with_kills(s: Stack, n: int, seed: int, every: tuple[float, float]
         "duplicated_sms": totals["sms_duplicates"],
         "duplicated_emails": totals["email_duplicates"],
         "lost_messages": totals["lost"],
+        "sms_repeated": totals["sms_repeated"],
+        "runs": runs,
+        "largest_run_events": largest,
         "replies_applied": sum(p.replies for p in plans),
         "replies_rejected": sum(sum(p.rejections.values()) for p in plans),
         "assigned_by_hand": sum(len(p.assigned) for p in plans),
@@ -139,9 +165,17 @@ async def run_with_kills(s: Stack, n: int, seed: int, every: tuple[float, float]
     say(f"kinds: {kinds}; rejections: {rejections}; driver errors: {dict(driver.errors)}; closes confirmed after (s): {closes_confirmed}")
     assert not wrong, "\n".join(wrong)
     assert totals["lost"] == 0, "messages the history says were sent never arrived"
-    # The outbox dedupes by activity key, so a retried send never writes a second line.
+    # The outbox dedupes by the notice's key, so a retried send never writes a second line; and
+    # no notice is scheduled again under another number, in the same run or the next.
     assert totals["sms_duplicates"] == 0
+    assert totals["sms_repeated"] == 0 and totals["email_repeated"] == 0
     return figures
+
+
+async def run_counts(s: Stack, codes: list[str]) -> tuple[int, int]:
+    """(runs of all the referrals, events of the largest run)."""
+    runs = [r for code in codes for r in await referral_runs(s.client, referrals.workflow_id(code))]
+    return len(runs), max(len(r.events) for r in runs)
 
 
 async def test_worker_sigkill_mid_lifecycle(fault_server: DevServer, tmp_path: Path):
@@ -160,5 +194,27 @@ async def test_worker_sigkill_50_referrals(tmp_path: Path):
         async with stack(server, tmp_path, DEMO_POLICY_FILE) as s:
             figures = await run_with_kills(s, n=50, seed=2026, every=(3.0, 8.0), timeout=900, prefix="FAULT-KILL")
         assert figures["worker_kills"] >= 5
+    finally:
+        await server.stop()
+
+
+async def test_worker_sigkill_across_continue_as_new(fault_server: DevServer, tmp_path: Path):
+    policy = write_policy(tmp_path / "policy.yaml", CONTINUING_POLICY)
+    async with stack(fault_server, tmp_path, policy) as s:
+        figures = await run_with_kills(s, n=5, seed=11, every=(2.0, 5.0), timeout=180, prefix="FAULT-CAN", max_kills=3)
+    assert figures["worker_kills"] >= 2
+    assert figures["runs"] >= 5 + 5, "the referrals did not continue as new"
+
+
+@pytest.mark.faults_full
+async def test_worker_sigkill_across_continue_as_new_30_referrals(tmp_path: Path):
+    server = DevServer(tmp_path / "temporal")
+    await server.start()
+    try:
+        policy = write_policy(tmp_path / "policy.yaml", CONTINUING_POLICY)
+        async with stack(server, tmp_path, policy) as s:
+            figures = await run_with_kills(s, n=30, seed=2027, every=(2.0, 6.0), timeout=900, prefix="FAULT-CAN-FULL")
+        assert figures["worker_kills"] >= 5
+        assert figures["runs"] >= 30 * 2
     finally:
         await server.stop()

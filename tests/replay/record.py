@@ -8,8 +8,13 @@ the outbox SMS backend, then writes `tests/replay/histories/<name>.json`
 decoded (no encryption codec, see `tests.replay.replay_data_converter`), and the only intake is
 the fictional one below: no real person's data ever goes into these files.
 
+A path whose referral continues as new writes one file per run: `<name>.json` for the first,
+`<name>.run-<n>.json` for the others (each run's history replays on its own).
+
 Paths (Casablanca-Settat, adult, French, normal urgency: reply within 24 h, reminder at 12 h,
-check-ins at 24 h, 7 d, 30 d, each answerable within 24 h, alerts every 4 h):
+check-ins at 24 h, 7 d, 30 d, each answerable within 24 h, alerts 4 h after the empty ladder then
+twice as long each time up to 24 h, the focal point alerted after 3; reflection period 30 d;
+histories recorded before alerts backed off repeat them every 4 h):
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from config.settings import Settings
 from starter import referrals
 from tests.conftest import BIN, SmtpSink, _Handler, free_port, wait_for
 from tests.fixtures import PARTNERS_FILE, POLICY_FILE
+from tests.histories import referral_runs
 from tests.replay import HISTORIES, payload_texts, replay_data_converter
 from worker import build_worker
 from workflows import search_attributes as sa
@@ -200,7 +206,7 @@ async def ladder_exhausted_assign(run: Run) -> None:
     await run.offered("shelter")
     await run.sleep(timedelta(hours=72, minutes=5))
     await run.until(lambda s: s.stage == "escalated")
-    await run.sleep(timedelta(hours=8, minutes=10))
+    await run.sleep(timedelta(hours=12, minutes=10))  # repeats 4 h, then 8 h apart (recorded before backoff: 4 h, 4 h)
     await run.until(lambda s: s.services[0].escalated_alerts >= 2)
     await run.act("assign", service="shelter", partner_id="nat-shelter-amal")
     await run.reply("nat-shelter-amal", "done")
@@ -298,6 +304,39 @@ async def unreachable_partner(run: Run) -> None:
     await run.finish()
 
 
+async def reflection_period(run: Run) -> None:
+    """Accepted at once; check-ins at 24 h, 7 d and 30 d answered OK; the coordinator told 5 days
+    before the 30-day reflection period ends; then DONE."""
+    await run.start("reflection-period", ["medical"])
+    partner = await run.offered("medical")
+    await run.reply(partner, "accept")
+    for number, wait in ((1, timedelta(hours=24, minutes=1)), (2, timedelta(days=6)), (3, timedelta(days=23))):
+        await run.sleep(wait)
+        await run.until(lambda s, n=number: len(s.services[0].follow_ups) >= n and s.services[0].follow_ups[n - 1].sent_at)
+        await run.reply(partner, "ok")
+    await run.reply(partner, "done")
+    await run.finish()
+
+
+async def escalated_continued_as_new(run: Run) -> None:
+    """Continuing as new past 80 events: the ladder runs out (three deadlines), the alerts back off
+    (4 h, 8 h, 16 h, 24 h) and climb to the national focal point at the fourth, over several runs; the
+    coordinator assigns a partner, who answers two check-ins in later runs, then DONE."""
+    await run.start("escalated-continued-as-new", ["shelter"])
+    await run.offered("shelter")
+    await run.sleep(timedelta(hours=72, minutes=5))
+    await run.until(lambda s: s.stage == "escalated")
+    await run.sleep(timedelta(days=3))
+    await run.until(lambda s: s.services[0].escalated_alerts >= 4 and s.services[0].escalation_level == 5)
+    await run.act("assign", service="shelter", partner_id="nat-shelter-amal")
+    for number, wait in ((1, timedelta(hours=24, minutes=1)), (2, timedelta(days=6))):
+        await run.sleep(wait)
+        await run.until(lambda s, n=number: len(s.services[0].follow_ups) >= n and s.services[0].follow_ups[n - 1].sent_at)
+        await run.reply("nat-shelter-amal", "ok")
+    await run.reply("nat-shelter-amal", "done")
+    await run.finish()
+
+
 NO_SMS_PARTNER = "cas-assoc"
 
 
@@ -307,6 +346,7 @@ class Path_:
     scenario: Callable[[Run], Awaitable[None]]
     no_sms: bool = False  # the first shelter partner has no SMS number
     refuse_email: bool = False  # ... and its mailbox refuses mail
+    continue_after_events: int | None = None  # the policy's continue_as_new_after_events, lowered
 
 
 PATHS = [
@@ -321,6 +361,8 @@ PATHS = [
     Path_("close-service-then-whole", close_service_then_whole),
     Path_("sms-channel-problem", sms_channel_problem, no_sms=True),
     Path_("unreachable-partner", unreachable_partner, no_sms=True, refuse_email=True),
+    Path_("reflection-period", reflection_period),
+    Path_("escalated-continued-as-new", escalated_continued_as_new, continue_after_events=80),
 ]
 __doc__ = (__doc__ or "") + "".join(f"\n- {p.name}: {' '.join((p.scenario.__doc__ or '').split())}" for p in PATHS)
 
@@ -336,6 +378,24 @@ def _directory_without_sms(work: Path) -> Path:
     path = work / "partners.no-sms.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
+
+
+def _policy_continuing_after(work: Path, events: int) -> Path:
+    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    data["continue_as_new_after_events"] = events
+    path = work / f"policy.continue-after-{events}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def history_files(name: str, runs: int) -> list[str]:
+    """The files of a path's runs, first run first."""
+    return [f"{name}.json", *(f"{name}.run-{n}.json" for n in range(2, runs + 1))]
+
+
+def path_of_file(stem: str) -> str:
+    """The lifecycle path a history file stands for (`x.run-2` and `x.v1` are `x`'s)."""
+    return stem.split(".")[0]
 
 
 async def _time_skipping_env() -> WorkflowEnvironment:
@@ -360,13 +420,13 @@ async def _time_skipping_env() -> WorkflowEnvironment:
     return env
 
 
-async def record_one(path: Path_, smtp: SmtpSink, work: Path, out_dir: Path) -> Path:
+async def record_one(path: Path_, smtp: SmtpSink, work: Path, out_dir: Path) -> list[Path]:
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
         referral_data_dir=work / path.name,
         smtp_host="127.0.0.1",
         smtp_port=smtp.port,
-        referral_policy_file=POLICY_FILE,
+        referral_policy_file=_policy_continuing_after(work, path.continue_after_events) if path.continue_after_events else POLICY_FILE,
         referral_partners_file=_directory_without_sms(work) if path.no_sms else PARTNERS_FILE,
         sms_backend="outbox",
         referral_allow_plaintext=True,
@@ -380,19 +440,24 @@ async def record_one(path: Path_, smtp: SmtpSink, work: Path, out_dir: Path) -> 
         task_queue = f"replay-record-{uuid.uuid4()}"
         async with build_worker(env.client, settings, task_queue=task_queue, activities=ReferralActivities(settings)):
             run = Run(env, settings, task_queue, smtp)
-            await asyncio.wait_for(path.scenario(run), timeout=120)
-            history = await env.client.get_workflow_handle(referrals.workflow_id(run.code)).fetch_history()
+            await asyncio.wait_for(path.scenario(run), timeout=180)
+            runs = await referral_runs(env.client, referrals.workflow_id(run.code))
     finally:
         await env.shutdown()
-    text = history.to_json()
-    payloads = payload_texts(json.loads(text))
-    assert any(PSEUDONYM in p for p in payloads), "the fictional intake is not in the history"
-    if len(text.encode()) > MAX_BYTES:
-        raise SystemExit(f"{path.name}: history is {len(text.encode())} bytes, over {MAX_BYTES}")
+    if path.continue_after_events and len(runs) < 3:
+        raise SystemExit(f"{path.name}: {len(runs)} run(s); the path is meant to continue as new at least twice")
+    targets = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{path.name}.json"
-    target.write_text(text + "\n", encoding="utf-8")
-    return target
+    for history, file_name in zip(runs, history_files(path.name, len(runs)), strict=True):
+        text = history.to_json()
+        payloads = payload_texts(json.loads(text))
+        assert any(PSEUDONYM in p for p in payloads), "the fictional intake is not in the history"
+        if len(text.encode()) > MAX_BYTES:
+            raise SystemExit(f"{file_name}: history is {len(text.encode())} bytes, over {MAX_BYTES}")
+        target = out_dir / file_name
+        target.write_text(text + "\n", encoding="utf-8")
+        targets.append(target)
+    return targets
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -412,8 +477,8 @@ async def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="replay-record-") as tmp:
             for path in chosen:
-                target = await record_one(path, smtp, Path(tmp), args.out)
-                print(f"{target.relative_to(Path.cwd()) if target.is_relative_to(Path.cwd()) else target}: {target.stat().st_size // 1024} KB")
+                for target in await record_one(path, smtp, Path(tmp), args.out):
+                    print(f"{target.relative_to(Path.cwd()) if target.is_relative_to(Path.cwd()) else target}: {target.stat().st_size // 1024} KB")
     finally:
         controller.stop()
     return 0

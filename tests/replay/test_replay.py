@@ -20,7 +20,7 @@ from tests.cases import NOTES as EXAMPLE_NOTES
 from tests.cases import PHONE as EXAMPLE_PHONE
 from tests.cases import PSEUDONYM as EXAMPLE_PSEUDONYM
 from tests.replay import HISTORIES, altered, payload_texts, replay_data_converter
-from tests.replay.record import MAX_BYTES, PATHS, PHONE, PSEUDONYM
+from tests.replay.record import MAX_BYTES, PATHS, PHONE, PSEUDONYM, path_of_file
 from worker import workflow_runner
 from workflows.referral import ReferralWorkflow
 
@@ -43,7 +43,19 @@ def replayer(*workflows: type) -> Replayer:
 
 
 def test_every_lifecycle_path_has_a_committed_history():
-    assert {p.stem for p in FILES} == {p.name for p in PATHS}, "run `make record-histories` and commit the files"
+    assert {path_of_file(p.stem) for p in FILES} == {p.name for p in PATHS}, "run `make record-histories` and commit the files"
+
+
+def test_a_referral_that_continued_as_new_has_every_run_committed():
+    """Its first run ends by continuing as new, the runs after start from the state it carried."""
+    runs = sorted((p for p in FILES if path_of_file(p.stem) == "escalated-continued-as-new"), key=lambda p: (len(p.stem), p.stem))
+    assert len(runs) >= 3
+    for path in runs:
+        history = load(path)
+        started = history.events[0].workflow_execution_started_event_attributes
+        assert bool(started.continued_execution_run_id) == (path is not runs[0]), path.name
+        if path is not runs[-1]:
+            assert history.events[-1].HasField("workflow_execution_continued_as_new_event_attributes"), path.name
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])

@@ -3,7 +3,8 @@ ladder (the tests' copy, tests/fixtures/policy.yaml; the partners of tests/fixtu
 
 Casablanca-Settat, adult, French speaker: the shelter ladder is cas-assoc, nat-shelter-amane,
 nat-shelter-amal; medical starts with cas-clinic. Normal urgency: reminder at 12 h, deadline
-24 h, check-ins at 24 h, 7 d, 30 d, each answerable within 24 h, alerts every 4 h.
+24 h, check-ins at 24 h, 7 d, 30 d, each answerable within 24 h, alerts 4 h after the ladder is
+exhausted, then twice as long each time (up to 24 h).
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ async def test_exhausted_ladder_escalates_and_alerts_repeat_until_assigned(time_
         # The coordinator and the national focal point hear of it.
         await wait_for(lambda: any("R-" + code in m["Subject"] for m in smtp.to(NATIONAL.email)))
 
-        await time_env.sleep(timedelta(hours=8, minutes=10))
+        # Repeats back off: 4 h after the empty ladder, then 8 h after that.
+        await time_env.sleep(timedelta(hours=12, minutes=10))
         status = await status_of(time_env, code)
         assert status.services[0].escalated_alerts == 2
         await wait_for(lambda: len([b for b in sms_to(settings, COORDINATOR.id) if code in b]) >= 3 + 1 + 2)
