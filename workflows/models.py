@@ -35,6 +35,9 @@ class ReferralInput(_Model):
 
     code: str
     intake: Intake
+    # Computed once by the starter, so an edit of workflows/intake.py never changes a running
+    # referral. None (referrals started before it was passed): the workflow applies `assess`.
+    assessment: Assessment | None = None
 
 
 # --- configuration read by activities ------------------------------------------------------

@@ -19,7 +19,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.referral_activities import ReferralActivities
-    from workflows import projection, update_rules
+    from workflows import projection, status_memo, update_rules
     from workflows import search_attributes as sa
     from workflows.intake import assess
     from workflows.models import (
@@ -66,7 +66,7 @@ class ReferralWorkflow:
     def __init__(self, input: ReferralInput) -> None:
         self._input = input
         self._code = input.code
-        self._assessment = assess(input.intake)
+        self._assessment = input.assessment or assess(input.intake)
         self._services = {
             s: _ServiceRun(status=ServiceStatus(service=s)) for s in self._assessment.needs
         }
@@ -82,6 +82,7 @@ class ReferralWorkflow:
 
     @workflow.run
     async def run(self, input: ReferralInput) -> ReferralSummary:
+        self._memo = status_memo.MemoPublisher(self.status)  # a no-op for referrals started before it
         self._publish()
         self._log("referral started", urgency=self._assessment.urgency, region=input.intake.region, services=list(self._services))
         self._count("referrals_started", "referrals started", urgency=self._assessment.urgency, region=input.intake.region)
@@ -127,6 +128,7 @@ class ReferralWorkflow:
             summary_lines=[projection.summary_line(r.status) for r in self._services.values()],
         )
         await self._notices.drain()
+        self._memo.flush()  # the closed status, should nothing have waited since
         return ReferralSummary(
             code=self._code,
             closed_reason=self._closed_reason,
