@@ -9,14 +9,15 @@ memo; the second one moves on to the next derived code.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
-from temporalio.api.common.v1 import Payload, WorkflowExecution
-from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest, GetWorkflowExecutionHistoryRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
@@ -113,11 +114,7 @@ async def start_referral(client: Client, intake: Intake, task_queue: str) -> Sta
                 # Never a second referral under this id, even after the first one closed.
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 # The status as the workflow's first step has it, so a describe answers at once.
-                memo={
-                    "intake_digest": digest,
-                    status_memo.MEMO_KEY: status_memo.initial(wid, intake, assessment),
-                    status_memo.REF_KEY: await _sealed(client, intake.external_ref),
-                },
+                memo={"intake_digest": digest, status_memo.MEMO_KEY: status_memo.initial(wid, intake, assessment)},
                 search_attributes=sa.initial(intake.region, assessment.urgency, assessment.needs),
                 static_summary=f"R-{code} · {assessment.urgency} · {intake.region} · {', '.join(assessment.needs)}",
             )
@@ -145,35 +142,33 @@ async def _exists(client: Client, code: str) -> None:
 
 
 async def get_status(client: Client, code: str) -> ReferralStatus:
-    """The status the workflow last published in its memo (workflows/status_memo.py): one
-    describe call, answered by the server alone, with no worker and no replay. Referrals started
-    before the memo held the status are asked with the `status` query instead."""
-    wid = workflow_id(code)
-    request = DescribeWorkflowExecutionRequest(namespace=client.namespace, execution=WorkflowExecution(workflow_id=wid))
+    """The status the workflow last published in its memo (workflows/status_memo.py), answered by
+    the server alone, with no worker and no replay: a describe, and the run's first event for the
+    external_ref (kept out of the memo). Referrals started before the memo held the status are
+    asked with the `status` query instead."""
+    execution = WorkflowExecution(workflow_id=workflow_id(code))
     try:
-        # The bare call, not handle.describe(): that one also parses every search attribute,
+        # The bare calls, not handle.describe(): that one also parses every search attribute,
         # which fails on the time-skipping test server once ReplyDueBy is cleared.
-        info = (await client.workflow_service.describe_workflow_execution(request)).workflow_execution_info
-        fields = info.memo.fields
-        if status_memo.MEMO_KEY not in fields or status_memo.REF_KEY not in fields:
+        described, first = await asyncio.gather(
+            client.workflow_service.describe_workflow_execution(
+                DescribeWorkflowExecutionRequest(namespace=client.namespace, execution=execution)
+            ),
+            client.workflow_service.get_workflow_execution_history(
+                GetWorkflowExecutionHistoryRequest(namespace=client.namespace, execution=execution, maximum_page_size=1)
+            ),
+        )
+        info = described.workflow_execution_info
+        memo = info.memo.fields.get(status_memo.MEMO_KEY)
+        if memo is None:
             return await _handle(client, code).query(ReferralWorkflow.status)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise ReferralNotFound(code) from None
         raise
-    memo, sealed = await client.data_converter.decode([fields[status_memo.MEMO_KEY], fields[status_memo.REF_KEY]], [dict, bytes])
-    return status_memo.expand(memo, wid, info.start_time.ToDatetime(UTC), await _unsealed(client, sealed))
-
-
-async def _sealed(client: Client, external_ref: str) -> bytes:
-    """The external_ref for the memo, encrypted once more than the memo itself (status_memo.py)."""
-    [payload] = await client.data_converter.encode([external_ref])
-    return payload.SerializeToString()
-
-
-async def _unsealed(client: Client, sealed: bytes) -> str:
-    [external_ref] = await client.data_converter.decode([Payload.FromString(sealed)], [str])
-    return external_ref
+    started = first.history.events[0].workflow_execution_started_event_attributes
+    status, run_input = await client.data_converter.decode([memo, started.input.payloads[0]], [dict, ReferralInput])
+    return status_memo.expand(status, execution.workflow_id, info.start_time.ToDatetime(UTC), run_input.intake.external_ref)
 
 
 def _rejection(err: WorkflowUpdateFailedError) -> ReferralRejected:

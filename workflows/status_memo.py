@@ -6,8 +6,8 @@ first one at start (`initial`), so a describe right after the start answers; rea
 back into the `status` query's model with `expand`. The memo is a payload like any other, so the
 codec encrypts it, and it holds what the status holds, nothing about the person, except the
 `external_ref`: like workflow ids and search attributes, the memo never shows the referring
-agency's case number, even decoded (by the Temporal UI's codec server), so the starter stores it
-apart, encrypted once more (`REF_KEY`, starter/referrals.py), and the reader puts it back.
+agency's case number, even decoded (by the Temporal UI's codec server); the reader takes it from
+the run's input, as the query does (starter/referrals.py).
 
 Compact, for Temporal's memo limits (a server warning past 2 KB, a refusal at 2 MB) and for the
 history (every upsert stores the whole memo): left out are what the reader derives (the code
@@ -36,14 +36,13 @@ from workflows.intake import Assessment, Intake
 from workflows.models import ReferralStatus, ServiceStatus
 
 MEMO_KEY = "status"
-REF_KEY = "external_ref"
 # The workflow.patched id that guards the memo upserts (referrals started before replay without).
 PATCH = "status-memo-2026-12"
 FORMAT = 1
 
 # Derived by the reader (expand), never stored.
 DERIVED = ("code", "workflow_id", "stage", "escalation_level", "awaiting_partners", "reply_due_by")
-APART = ("external_ref",)  # under REF_KEY, written once by the starter
+APART = ("external_ref",)  # read from the run's input
 
 _SHORT = {
     # ReferralStatus
@@ -80,7 +79,7 @@ def compact(status: ReferralStatus, run_started_at: datetime) -> dict[str, Any]:
 
 def expand(memo: dict[str, Any], workflow_id: str, run_started_at: datetime, external_ref: str) -> ReferralStatus:
     """The `status` query's model from the memo, the workflow id, the run's start time and the
-    external_ref (unsealed from REF_KEY)."""
+    external_ref (from the run's input)."""
     if memo.get("v") != FORMAT:
         raise ValueError(f"status memo: format {memo.get('v')!r} is not {FORMAT}")
     fields = _unpack(memo, ReferralStatus)
