@@ -144,8 +144,8 @@ async def _exists(client: Client, code: str) -> None:
 async def get_status(client: Client, code: str) -> ReferralStatus:
     """The status the workflow last published in its memo (workflows/status_memo.py), answered by
     the server alone, with no worker and no replay: a describe, and the run's first event for the
-    external_ref (kept out of the memo). Referrals started before the memo held the status are
-    asked with the `status` query instead."""
+    external_ref (kept out of the memo). A referral without a status in its memo (started before
+    the memo held it, or whose status outgrew it) is asked with the `status` query instead."""
     execution = WorkflowExecution(workflow_id=workflow_id(code))
     try:
         # The bare calls, not handle.describe(): that one also parses every search attribute,
@@ -158,16 +158,17 @@ async def get_status(client: Client, code: str) -> ReferralStatus:
                 GetWorkflowExecutionHistoryRequest(namespace=client.namespace, execution=execution, maximum_page_size=1)
             ),
         )
-        info = described.workflow_execution_info
-        memo = info.memo.fields.get(status_memo.MEMO_KEY)
-        if memo is None:
-            return await _handle(client, code).query(ReferralWorkflow.status)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise ReferralNotFound(code) from None
         raise
+    info = described.workflow_execution_info
+    memo = info.memo.fields.get(status_memo.MEMO_KEY)
+    status = (await client.data_converter.decode([memo]))[0] if memo is not None else None
+    if status is None:
+        return await _handle(client, code).query(ReferralWorkflow.status)
     started = first.history.events[0].workflow_execution_started_event_attributes
-    status, run_input = await client.data_converter.decode([memo, started.input.payloads[0]], [dict, ReferralInput])
+    [run_input] = await client.data_converter.decode(started.input.payloads[:1], [ReferralInput])
     return status_memo.expand(status, execution.workflow_id, info.start_time.ToDatetime(UTC), run_input.intake.external_ref)
 
 

@@ -386,7 +386,7 @@ class ReferralWorkflow:
             stage=self._stage(),
             urgency=self._assessment.urgency,
             region=intake.region,
-            started_at=workflow.info().start_time,
+            started_at=workflow.info().workflow_start_time,  # the execution's, as describe gives it
             assessment=self._assessment,
             age_group=intake.person.age_group,
             languages=intake.person.languages,

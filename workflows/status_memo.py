@@ -39,6 +39,11 @@ MEMO_KEY = "status"
 # The workflow.patched id that guards the memo upserts (referrals started before replay without).
 PATCH = "status-memo-2026-12"
 FORMAT = 1
+# A status this large (the longest plausible referral's is about half of it) is taken out of the
+# memo rather than refused by the server (at 2 MB), which would fail every workflow task after:
+# its readers then ask the `status` query.
+MEMO_BUDGET = 1024 * 1024
+SETTLED_PASSES = 3
 
 # Derived by the reader (expand), never stored.
 DERIVED = ("code", "workflow_id", "stage", "escalation_level", "awaiting_partners", "reply_due_by")
@@ -132,27 +137,48 @@ class MemoPublisher:
         self._status = status
         self._published: ReferralStatus | None = None
         self._task: asyncio.Task[None] | None = None
+        self._too_large = False
         if workflow.patched(PATCH):
             memo = workflow.memo_value(MEMO_KEY, None)  # the starter's initial status
             if memo is not None:
                 info = workflow.info()
-                self._published = expand(memo, info.workflow_id, info.start_time, self._status().external_ref)
+                self._published = expand(memo, info.workflow_id, info.workflow_start_time, self._status().external_ref)
             self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
+        while not self._too_large:
             await workflow.wait_condition(lambda: self._status() != self._published)
+            # A change often wakes other coroutines of the workflow, over several passes of its
+            # event loop (an accepted offer: the offer's wait ends, its next wait is satisfied at
+            # once, then follow-up starts): let them run first, until the status has stayed the
+            # same for SETTLED_PASSES passes.
+            seen, settled = _copy(self._status()), 0
+            while settled < SETTLED_PASSES:
+                await workflow.wait_condition(lambda: True)  # the next pass
+                now = self._status()
+                if now == seen:
+                    settled += 1
+                else:
+                    seen, settled = _copy(now), 0
             self.flush()
 
     def flush(self) -> None:
         """Upsert the status now if it changed (the workflow's last step: nothing waits after it)."""
-        if self._task is None:
+        if self._task is None or self._too_large:
             return
         status = self._status()
-        if status != self._published:
-            workflow.upsert_memo({MEMO_KEY: compact(status, workflow.info().start_time)})
-            # A copy: the status shares the workflow's live state.
-            self._published = ReferralStatus.model_validate(status.model_dump())
+        if status == self._published:
+            return
+        memo: dict[str, Any] | None = compact(status, workflow.info().workflow_start_time)
+        if workflow.payload_converter().to_payload(memo).ByteSize() > MEMO_BUDGET:
+            memo, self._too_large = None, True  # None removes the key; a status only grows
+        workflow.upsert_memo({MEMO_KEY: memo})
+        self._published = _copy(status)
+
+
+def _copy(status: ReferralStatus) -> ReferralStatus:
+    """A copy to compare with later: the status shares the workflow's live state."""
+    return ReferralStatus.model_validate(status.model_dump())
 
 
 # --- the encoding ----------------------------------------------------------------------------
