@@ -135,31 +135,33 @@ class MemoPublisher:
 
     def __init__(self, status: Callable[[], ReferralStatus]) -> None:
         self._status = status
-        self._published: ReferralStatus | None = None
+        self._published: str | None = None  # the status last published, as JSON (a snapshot)
         self._task: asyncio.Task[None] | None = None
         self._too_large = False
         if workflow.patched(PATCH):
             memo = workflow.memo_value(MEMO_KEY, None)  # the starter's initial status
             if memo is not None:
-                info = workflow.info()
-                self._published = expand(memo, info.workflow_id, info.workflow_start_time, self._status().external_ref)
+                # Identity from the workflow itself: a replay may run it under another workflow id.
+                live = self._status()
+                published = expand(memo, live.workflow_id, workflow.info().workflow_start_time, live.external_ref)
+                self._published = published.model_copy(update={"code": live.code}).model_dump_json()
             self._task = asyncio.create_task(self._run())
+
+    def _now(self) -> str:
+        return self._status().model_dump_json()
 
     async def _run(self) -> None:
         while not self._too_large:
-            await workflow.wait_condition(lambda: self._status() != self._published)
+            await workflow.wait_condition(lambda: self._now() != self._published)
             # A change often wakes other coroutines of the workflow, over several passes of its
             # event loop (an accepted offer: the offer's wait ends, its next wait is satisfied at
             # once, then follow-up starts): let them run first, until the status has stayed the
             # same for SETTLED_PASSES passes.
-            seen, settled = _copy(self._status()), 0
+            seen, settled = self._now(), 0
             while settled < SETTLED_PASSES:
                 await workflow.wait_condition(lambda: True)  # the next pass
-                now = self._status()
-                if now == seen:
-                    settled += 1
-                else:
-                    seen, settled = _copy(now), 0
+                now = self._now()
+                settled, seen = (settled + 1, seen) if now == seen else (0, now)
             self.flush()
 
     def flush(self) -> None:
@@ -167,18 +169,14 @@ class MemoPublisher:
         if self._task is None or self._too_large:
             return
         status = self._status()
-        if status == self._published:
+        now = status.model_dump_json()
+        if now == self._published:
             return
         memo: dict[str, Any] | None = compact(status, workflow.info().workflow_start_time)
         if workflow.payload_converter().to_payload(memo).ByteSize() > MEMO_BUDGET:
             memo, self._too_large = None, True  # None removes the key; a status only grows
         workflow.upsert_memo({MEMO_KEY: memo})
-        self._published = _copy(status)
-
-
-def _copy(status: ReferralStatus) -> ReferralStatus:
-    """A copy to compare with later: the status shares the workflow's live state."""
-    return ReferralStatus.model_validate(status.model_dump())
+        self._published = now
 
 
 # --- the encoding ----------------------------------------------------------------------------
