@@ -39,7 +39,7 @@ MEMO_KEY = "status"
 # The workflow.patched id that guards the memo upserts (referrals started before replay without).
 PATCH = "status-memo-2026-12"
 FORMAT = 1
-# A status this large (the longest plausible referral's is about half of it) is taken out of the
+# A status this large (the longest referral the tests build is about half of it) is taken out of the
 # memo rather than refused by the server (at 2 MB), which would fail every workflow task after:
 # its readers then ask the `status` query.
 MEMO_BUDGET = 1024 * 1024
@@ -128,10 +128,11 @@ def initial(workflow_id: str, intake: Intake, assessment: Assessment) -> dict[st
 
 class MemoPublisher:
     """Inside the workflow: keeps the memo's status equal to what `status()` (the `status` query)
-    returns. A task of the workflow waits for the status to change, that is until the workflow
-    task's other coroutines have run, then upserts it: one upsert, one history event, per
-    workflow task that changed the status, whatever changed it. Referrals started before the
-    memo held the status replay without it (`workflow.patched`)."""
+    returns, whatever changed it. A task of the workflow waits for the status to change, lets the
+    workflow task's other coroutines run (SETTLED_PASSES, a heuristic: a longer chain of silent
+    steps costs a second upsert in that task, never a wrong status), then upserts it if it
+    changed: as a rule one upsert, one history event, per workflow task that changed the status.
+    Referrals started before the memo held the status replay without it (`workflow.patched`)."""
 
     def __init__(self, status: Callable[[], ReferralStatus]) -> None:
         self._status = status
