@@ -23,6 +23,8 @@ Phases, in order:
    referral's other service, one at a time;
 3. scale: 10,000 referrals started and left waiting on their timers (policy.long.yaml); the
    worker's RSS once they are all offered and the worker is idle;
+   (before it) status reads: `--status-reads` reads of a referral with a long history, with
+   every worker stopped (bench/status_reads.py);
 4. the test suite's wall time: `--with-suite` runs `python -m pytest -q` after the rest (the
    stack stopped first); otherwise `--suite-seconds` / BENCH_SUITE_SECONDS is printed, if given.
 
@@ -602,7 +604,10 @@ def table(
     lat: Latency | None,
     sc: Scale | None,
     suite: tuple[float, str] | None,
+    reads=None,
 ) -> str:
+    from bench.status_reads import rows as status_rows
+
     rows: list[tuple[str, str, str, str]] = []
     if tp and base:
         ratio = tp.rate / base.rate
@@ -635,6 +640,8 @@ def table(
         ))  # fmt: skip
         rows.append((f"raw execute_update, p50/p95/p99 ({len(lat.raw)})", f"{r50:.1f} / {r95:.1f} / {r99:.1f} ms ({lat.raw_ok} accepted)", "", ""))
         rows.append(("reply p99 / raw p99", f"{w99 / r99:.2f}x", "<= 1.5x", verdict(w99 <= 1.5 * r99)))
+    if reads:
+        rows += status_rows(reads)
     if sc:
         settled = "all offered" if sc.offered == sc.n else f"{sc.offered} of them offered (then stopped)"
         rows.append(("scale: open referrals waiting on timers", f"{sc.offered} of {sc.n} started", "10000", verdict(sc.offered >= 10000)))
@@ -649,10 +656,11 @@ def table(
             "<= 300 MB", verdict(sc.peak_kb / 1024 <= 300),
         ))  # fmt: skip
     if tp:
+        # 160 since the status memo (issue 13): about ten memo upserts per lifecycle
         rows.append((
             "events per history, typical lifecycle",
             f"{tp.shape['events']} (max {tp.shape_max['events']} of 20)",
-            "<= 150", verdict(tp.shape_max["events"] <= 150),
+            "<= 160", verdict(tp.shape_max["events"] <= 160),
         ))  # fmt: skip
     if suite:
         rows.append(("test suite wall time", f"{suite[0]:.0f} s ({suite[1]})", "", ""))
@@ -680,10 +688,10 @@ async def run(args) -> str:
 
     stack = make_stack()
     say(f"bench: working directory {stack.tmp}")
-    tp = base = cached = lat = sc = None
+    tp = base = cached = lat = sc = reads = None
 
     async def phases() -> None:
-        nonlocal tp, base, cached, lat, sc
+        nonlocal tp, base, cached, lat, sc, reads
         await start_temporal(stack)
         say("bench: dev server up")
         auto = ",".join(number for _, number in partner_numbers(THROUGHPUT_REGION).values())
@@ -728,6 +736,13 @@ async def run(args) -> str:
             say(f"bench: ours, cached {cached.rate:.2f}/s ok={cached.ok}")
             stack.stop("worker-throughput-cached")
 
+        if args.status_reads:
+            from bench.status_reads import status_reads
+
+            say(f"bench: status reads, a history of {args.status_history} events")
+            reads = await status_reads(stack, client, args.status_reads, args.status_history)
+            say(f"bench: status reads by describe p50/p95/p99 {[round(x * 1000, 1) for x in percentiles(reads.describe)]} ms, {reads.events} events")
+
         if args.replies or args.scale:
             worker = start_worker(stack, "worker-latency", "policy.long.yaml")
             if args.replies:
@@ -766,7 +781,7 @@ async def run(args) -> str:
         suite = (time.perf_counter() - t0, "passed" if code == 0 else f"pytest exit code {code}")
     elif args.suite_seconds:
         suite = (args.suite_seconds, "recorded, passed in")
-    return table(args, stack, tp, base, cached, lat, sc, suite)
+    return table(args, stack, tp, base, cached, lat, sc, suite, reads)
 
 
 async def profile(stack: Stack, proc: Proc, work, label: str):
@@ -819,6 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput", type=int, default=300, help="referrals (and baseline runs) for the throughput figure; 0 skips")
     parser.add_argument("--replies", type=int, default=1000, help="replies timed for the latency figure; 0 skips")
     parser.add_argument("--scale", type=int, default=10000, help="open referrals for the scale figure; 0 skips")
+    parser.add_argument("--status-reads", type=int, default=200, help="status reads timed with every worker stopped; 0 skips")
+    parser.add_argument("--status-history", type=int, default=1500, help="history events of the referral whose status is read")
     parser.add_argument("--with-suite", action="store_true", help="also run the test suite and print its wall time")
     parser.add_argument(
         "--suite-seconds",
@@ -835,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, profiles)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.throughput, args.replies, args.scale = 20, 40, 200
+        args.throughput, args.replies, args.scale, args.status_reads, args.status_history = 20, 40, 200, 20, 300
     # SIGTERM (a `timeout`, a CI cancel) stops the stack like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     t0 = time.perf_counter()

@@ -163,6 +163,7 @@ async def test_history_from_the_cli_holds_no_personal_data(dev_env, policy_setti
 
     described = await handle.describe()
     memo = await described.memo()
+    assert memo["status"]["S"], "the status the memo holds, checked with the rest below"
     summary = await described.static_summary()
     attributes = {k.name: v for k, v in described.typed_search_attributes}  # type: ignore[attr-defined]
     assert summary and f"R-{code}" in summary

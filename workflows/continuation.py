@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import Assessment, CarriedState, ChannelProblem, EscalationPolicy, ReferralInput
     from workflows.notices import Notices
     from workflows.service_ladder import ServiceRun
+    from workflows.status_memo import MemoPublisher
 
 CONTINUE_AS_NEW_LATE = "continue-as-new-2026-11"
 REFLECTION = "reflection-period"  # the reflection watch's name among the referral's tasks
@@ -46,6 +47,7 @@ class Continuation:
         _long_lived: bool
         _reflection_ends_at: datetime | None
         _reflection_notice_done: bool
+        _memo: MemoPublisher
 
         def _log(self, message: str, **fields: object) -> None: ...
         def _count(self, name: str, description: str, **labels: str) -> None: ...
@@ -116,4 +118,5 @@ class Continuation:
         )
         self._log("referral continues as new", run=carried.run, events=workflow.info().get_current_history_length())
         self._count("referral_runs", "runs a referral continued into (continue-as-new)")
+        self._memo.flush()  # the next run starts with the memo as it is (Temporal carries it over)
         workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))

@@ -45,7 +45,10 @@ class ReferralInput(_Model):
 
     code: str
     intake: Intake
-    carried: CarriedState | None = None
+    # Computed once by the starter, so an edit of workflows/intake.py never changes a running
+    # referral. None (referrals started before it was passed): the workflow applies `assess`.
+    assessment: Assessment | None = None
+    carried: CarriedState | None = None  # set only by continue-as-new: the state the run before handed over
 
 
 # --- configuration read by activities ------------------------------------------------------

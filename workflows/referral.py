@@ -24,7 +24,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.referral_activities import ReferralActivities
-    from workflows import projection, schedules, update_rules
+    from workflows import projection, schedules, status_memo, update_rules
     from workflows import search_attributes as sa
     from workflows.continuation import REFLECTION, Continuation
     from workflows.intake import assess
@@ -66,7 +66,8 @@ class ReferralWorkflow(Continuation, ServiceLadder):
     def __init__(self, input: ReferralInput) -> None:
         self._input = input
         self._code = input.code
-        self._assessment = assess(input.intake)
+        # Computed once by the starter (or carried); `assess` only for referrals started before that.
+        self._assessment = input.carried.assessment if input.carried else input.assessment or assess(input.intake)
         self._services = {
             s: ServiceRun(status=ServiceStatus(service=s)) for s in self._assessment.needs
         }
@@ -75,7 +76,8 @@ class ReferralWorkflow(Continuation, ServiceLadder):
         self._closed_reason: str | None = None
         self._closed_at: datetime | None = None
         self._channel_problems: list[ChannelProblem] = []
-        self._started_at = workflow.info().start_time  # the referral's, not this run's, once carried
+        # The execution's start (as describe gives it) of the referral's first run, carried after.
+        self._started_at = workflow.info().workflow_start_time
         self._run_number = 1
         self._reflection_ends_at: datetime | None = None
         self._reflection_notice_done = False
@@ -107,6 +109,7 @@ class ReferralWorkflow(Continuation, ServiceLadder):
     @workflow.run
     async def run(self, input: ReferralInput) -> ReferralSummary:
         self._long_lived = workflow.patched(LONG_LIVED)
+        self._memo = status_memo.MemoPublisher(self.status)  # a no-op for referrals started before it
         self._publish()
         if input.carried is None:
             await self._identify(input)
@@ -132,6 +135,7 @@ class ReferralWorkflow(Continuation, ServiceLadder):
             summary_lines=[projection.summary_line(r.status) for r in self._services.values()],
         )
         await self._notices.drain()
+        self._memo.flush()  # the closed status, should nothing have waited since
         return ReferralSummary(
             code=self._code,
             closed_reason=self._closed_reason,
