@@ -53,13 +53,13 @@ _SHORT = {
     # ReferralStatus
     "external_ref": "ref", "urgency": "u", "region": "r", "started_at": "t0", "assessment": "as",
     "age_group": "ag", "languages": "l", "services": "S", "channel_problems": "cp",
-    "closed_at": "ca", "closed_reason": "cr",
+    "closed_at": "ca", "closed_reason": "cr", "reflection_ends_at": "rf",
     # Assessment
     "needs": "n", "withheld_needs": "wn", "minor": "mi", "interpreter_needed": "in",
     # ServiceStatus
     "service": "s", "candidates": "c", "partner_id": "p", "accepted_at": "ac",
     "assigned_by_coordinator": "bc", "attempts": "A", "escalated_alerts": "al", "follow_ups": "F",
-    "issues_reported": "is", "completed_at": "co",
+    "issues_reported": "is", "completed_at": "co", "last_alert_at": "la", "last_alerted": "lw", "next_alert_at": "na",
     # Attempt
     "offered_at": "o", "remind_at": "rm", "deadline": "d", "reminded": "re", "outcome": "x",
     "replied_at": "ra", "reason": "why",

@@ -34,14 +34,23 @@ MAX_EVENTS = 2000
 
 
 async def status_of(env, code: str):
-    """The status query, asked again if it was lost: the time-skipping server can drop a query
-    that reached a run just as it continued as new ("query deadline exceeded")."""
+    """The status as the memo holds it once the workflow task in flight is done. On the
+    time-skipping server a timer that fired during `env.sleep` may still be in its workflow task
+    when the sleep returns; the `status` query waits for that task, so the memo read after it is
+    current (a describe alone would read the memo of the task before). The query is asked again
+    if it was lost: the time-skipping server can drop a query that reached a run just as it
+    continued as new ("query deadline exceeded")."""
+    handle = env.client.get_workflow_handle(referrals.workflow_id(code))
     for attempt in range(3):
         try:
-            return await referrals.get_status(env.client, code)
+            queried = await handle.query(ReferralWorkflow.status)
+            status = await referrals.get_status(env.client, code)
         except RPCError:
             if attempt == 2:
                 raise
+            continue
+        assert status == queried, "the memo's status is the query's"
+        return status
     raise AssertionError("unreachable")
 
 

@@ -78,7 +78,8 @@ def every_field_set() -> ReferralStatus:
     shelter = ServiceStatus(
         service="shelter", stage="follow_up", candidates=["cas-assoc", "nat-shelter-amal"], partner_id="nat-shelter-amal",
         accepted_at=at(days=1), assigned_by_coordinator=True, attempts=[attempt], escalation_level=2, escalated_alerts=3,
-        follow_ups=[checkin], issues_reported=1, completed_at=at(days=9),
+        follow_ups=[checkin], issues_reported=1, completed_at=at(days=9), last_alert_at=at(hours=30),
+        last_alerted=["coordinator", "national_focal_point"], next_alert_at=at(hours=54),
     )  # fmt: skip
     problem = ChannelProblem(at=at(hours=1), partner_id="cas-assoc", channel="email", problem="undelivered", message_sid="SM" + "a" * 32)
     return ReferralStatus(
@@ -87,6 +88,7 @@ def every_field_set() -> ReferralStatus:
         assessment=Assessment(urgency="urgent", needs=["shelter"], withheld_needs=["legal"], minor=True, interpreter_needed=True),
         age_group="minor", languages=["ar", "es"], services=[shelter], escalation_level=2, awaiting_partners=[],
         reply_due_by=None, channel_problems=[problem], closed_at=at(days=10), closed_reason="closed",
+        reflection_ends_at=at(days=30),
     )  # fmt: skip
 
 
