@@ -22,7 +22,8 @@ from tests.cases import PSEUDONYM as EXAMPLE_PSEUDONYM
 from tests.replay import HISTORIES, altered, payload_texts, replay_data_converter
 from tests.replay.record import MAX_BYTES, PATHS, PHONE, PSEUDONYM, path_of_file
 from worker import workflow_runner
-from workflows.referral import ReferralWorkflow
+from workflows import status_memo
+from workflows.referral import LONG_LIVED, ReferralWorkflow
 
 FILES = sorted(HISTORIES.glob("*.json"))
 
@@ -47,15 +48,23 @@ def test_every_lifecycle_path_has_a_committed_history():
 
 
 def test_a_referral_that_continued_as_new_has_every_run_committed():
-    """Its first run ends by continuing as new, the runs after start from the state it carried."""
-    runs = sorted((p for p in FILES if path_of_file(p.stem) == "escalated-continued-as-new"), key=lambda p: (len(p.stem), p.stem))
-    assert len(runs) >= 3
-    for path in runs:
-        history = load(path)
-        started = history.events[0].workflow_execution_started_event_attributes
-        assert bool(started.continued_execution_run_id) == (path is not runs[0]), path.name
-        if path is not runs[-1]:
-            assert history.events[-1].HasField("workflow_execution_continued_as_new_event_attributes"), path.name
+    """Its first run ends by continuing as new, the runs after start from the state it carried;
+    so for every recorded version (`x.json`, `x.run-2.json`, ...; `x.v2.json`, `x.v2.run-2.json`, ...)."""
+    versions: dict[str, list[Path]] = {}
+    for path in FILES:
+        if path_of_file(path.stem) == "escalated-continued-as-new":
+            version = re.sub(r"\.run-\d+$", "", path.stem)
+            versions.setdefault(version, []).append(path)
+    assert "escalated-continued-as-new" in versions, "today's recording"
+    for runs in versions.values():
+        runs.sort(key=lambda p: int(m.group(1)) if (m := re.search(r"\.run-(\d+)$", p.stem)) else 1)
+        assert len(runs) >= 3
+        for path in runs:
+            history = load(path)
+            started = history.events[0].workflow_execution_started_event_attributes
+            assert bool(started.continued_execution_run_id) == (path is not runs[0]), path.name
+            if path is not runs[-1]:
+                assert history.events[-1].HasField("workflow_execution_continued_as_new_event_attributes"), path.name
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
@@ -93,3 +102,15 @@ async def test_a_breaking_change_fails_replay(variant: type):
     # ... the altered one is caught.
     with pytest.raises(workflow.NondeterminismError):
         await replayer(variant).replay_workflow(history)
+
+
+def test_todays_recordings_carry_todays_patches():
+    """`<path>.json` is recorded by today's code (older recordings keep a `.v<n>` suffix and go on
+    replaying): its first run asks every patch a new referral asks."""
+    for name in {p.name for p in PATHS}:
+        patches = {
+            json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
+            for e in load(HISTORIES / f"{name}.json").events
+            if e.marker_recorded_event_attributes.marker_name == "core_patch"
+        }
+        assert {LONG_LIVED, status_memo.PATCH} <= patches, (name, patches)
