@@ -835,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replies", type=int, default=1000, help="replies timed for the latency figure; 0 skips")
     parser.add_argument("--scale", type=int, default=10000, help="open referrals for the scale figure; 0 skips")
     parser.add_argument("--status-reads", type=int, default=200, help="status reads timed with every worker stopped; 0 skips")
-    parser.add_argument("--status-history", type=int, default=1500, help="history events of the referral whose status is read")
+    parser.add_argument("--status-history", type=int, default=1400, help="history events of the referral whose status is read (one run: under 1,500)")
     parser.add_argument("--with-suite", action="store_true", help="also run the test suite and print its wall time")
     parser.add_argument(
         "--suite-seconds",
