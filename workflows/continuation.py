@@ -118,5 +118,4 @@ class Continuation:
         )
         self._log("referral continues as new", run=carried.run, events=workflow.info().get_current_history_length())
         self._count("referral_runs", "runs a referral continued into (continue-as-new)")
-        self._memo.flush()  # the next run starts with the memo as it is (Temporal carries it over)
-        workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
+        workflow.continue_as_new(self._input.model_copy(update={"carried": carried}), memo=self._memo.for_next_run())

@@ -140,12 +140,12 @@ class MemoPublisher:
         self._task: asyncio.Task[None] | None = None
         self._too_large = False
         if workflow.patched(PATCH):
-            memo = workflow.memo_value(MEMO_KEY, None)  # the starter's initial status
-            if memo is not None:
-                # Identity from the workflow itself: a replay may run it under another workflow id.
-                live = self._status()
-                published = expand(memo, live.workflow_id, workflow.info().workflow_start_time, live.external_ref)
-                self._published = published.model_copy(update={"code": live.code}).model_dump_json()
+            # The starter's first status, or the one the run before handed over. Compared in the
+            # memo's own form: expanding it in the sandbox would meet the sandbox's datetime class.
+            memo = workflow.memo_value(MEMO_KEY, None)
+            live = self._status()
+            if memo is not None and memo == compact(live, workflow.info().workflow_start_time):
+                self._published = live.model_dump_json()
             self._task = asyncio.create_task(self._run())
 
     def _now(self) -> str:
@@ -164,6 +164,22 @@ class MemoPublisher:
                 now = self._now()
                 settled, seen = (settled + 1, seen) if now == seen else (0, now)
             self.flush()
+
+    def for_next_run(self) -> dict[str, Any] | None:
+        """The memo the next run starts with when the referral continues as new. Temporal would
+        give it the memo the referral was started with (the starter's first status), not the one
+        published since, so a describe between the two runs, or while no worker runs, would read a
+        referral back at identification. So the current status goes along, with its start time
+        always written out (the next run's own start is not the referral's). None for a referral
+        started before the memo held the status (Temporal's default then)."""
+        if self._task is None:
+            return None
+        if self._too_large:
+            return {MEMO_KEY: None}  # kept out, as in this run: readers ask the query
+        memo = compact(self._status(), _EPOCH)  # no run starts at the epoch: t0 is kept
+        if workflow.payload_converter().to_payload(memo).ByteSize() > MEMO_BUDGET:
+            return {MEMO_KEY: None}
+        return {MEMO_KEY: memo}
 
     def flush(self) -> None:
         """Upsert the status now if it changed (the workflow's last step: nothing waits after it)."""

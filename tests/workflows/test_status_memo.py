@@ -13,6 +13,7 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import yaml
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 from temporalio.common import WorkflowIDReusePolicy
@@ -21,11 +22,11 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
 from activities.directory import load_directory
 from activities.referral_activities import ReferralActivities
 from activities.sms import read_outbox
-from config.settings import CONFIG_DIR
 from starter import referrals
 from tests.cases import adult_intake
 from tests.conftest import encrypted_converter, running_worker, wait_for
-from tests.fixtures import PARTNERS_FILE
+from tests.fixtures import PARTNERS_FILE, POLICY_FILE
+from tests.histories import referral_runs
 from worker import workflow_runner
 from workflows import status_memo
 from workflows.intake import REGIONS, SERVICES, Assessment, assess
@@ -154,7 +155,7 @@ def longest_referral() -> ReferralStatus:
     partners assigned by hand one after the other, each followed by twelve check-ins; 2,000
     channel problems (an SMS failure or opt-out each, every one with its SID); counts in the
     hundred thousands."""
-    production = load_directory(CONFIG_DIR / "partners.yaml")
+    production = load_directory(PARTNERS_FILE)  # the tests' copy of the production directory
     longest = max(
         len(production.match(MatchRequest(service=s, region=r, minor=m))) for s in SERVICES for r in REGIONS for m in (False, True)
     )
@@ -382,3 +383,31 @@ async def test_a_status_too_large_for_the_memo_leaves_it_and_is_read_by_query(ti
         await handle.result()
         history = await handle.fetch_history()
         assert len([e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED]) == 1
+
+
+async def test_each_run_after_continue_as_new_starts_with_the_status_it_carries(time_env, make_settings, smtp, tmp_path):
+    """Temporal would start the next run with the memo the referral was started with (the
+    starter's first status): a describe between two runs, or with every worker down right after
+    one, would read the referral back at identification. Each run's first event holds the
+    status the run before handed over instead."""
+    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    data["continue_as_new_after_events"] = 30
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(data), encoding="utf-8")
+    settings = make_settings(referral_policy_file=policy)
+    async with running_worker(time_env.client, settings) as tq:
+        started = await referrals.start_referral(time_env.client, adult_intake(needs=["shelter", "legal"]), tq)
+        await time_env.sleep(timedelta(days=6))  # three deadlines a service, then alerts: several runs
+        runs = await referral_runs(time_env.client, referrals.workflow_id(started.code))
+    assert len(runs) >= 3
+    for history in runs[1:]:
+        first = history.events[0].workflow_execution_started_event_attributes
+        [carried_input] = await time_env.client.data_converter.decode(first.input.payloads[:1], [ReferralInput])
+        carried = carried_input.carried
+        assert carried is not None
+        [memo] = await time_env.client.data_converter.decode([first.memo.fields[status_memo.MEMO_KEY]])
+        run_start = history.events[0].event_time.ToDatetime(UTC)
+        status = status_memo.expand(memo, history.workflow_id, run_start, carried_input.intake.external_ref)
+        assert status.started_at == carried.started_at != run_start
+        assert status.services == [c.status for c in carried.services]
+        assert any(s.attempts for s in status.services)  # not the starter's first status
