@@ -13,7 +13,7 @@ activity never rolls a referral back.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, and_, delete, func, select, update
@@ -24,6 +24,7 @@ from config.settings import Settings
 from ledger import migrate
 from ledger.engine import engine_for
 from ledger.record import LedgerRecord, OfferRecord, ServiceRecord
+from ledger.reports import Filters, Report, build_report, start_bounds
 from ledger.schema import offers, referral_indicators, referrals, services
 
 
@@ -124,6 +125,11 @@ class LedgerStore:
             conditions.append(referrals.c.region == region)
         with self.engine.connect() as conn:
             return _load(conn, and_(*conditions) if conditions else None)
+
+    def report(self, filters: Filters, *, tz: tzinfo, now: datetime, suppress: bool = True) -> Report:
+        """The report over the referrals the filters choose (ledger.reports.build_report)."""
+        low, high = start_bounds(filters.date_from, filters.date_to, tz)
+        return build_report(self.records(started_from=low, started_before=high, region=filters.region), filters, tz=tz, now=now, suppress=suppress)
 
     def count(self) -> int:
         with self.engine.connect() as conn:
