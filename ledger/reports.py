@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ledger.record import AGE_GROUPS, DECLINE_CODES, SERVICE_OUTCOMES, URGENCIES, LedgerRecord
 
 SMALL_CELL = 5
-HIDDEN = "<5"
+HIDDEN: Literal["<5"] = "<5"
 Count = int | Literal["<5"]
 NOT_SUPPRESSED_NOTICE = "SMALL CELLS NOT SUPPRESSED (--no-suppression): counts from 1 to 4 are shown; do not publish or share this output"
 # Columns of the tables keyed by code: decline codes as text, then declines without a code.

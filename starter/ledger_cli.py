@@ -32,7 +32,7 @@ def iso_date(text: str) -> date:
         raise argparse.ArgumentTypeError("expected a day as YYYY-MM-DD") from None
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction) -> None:
     """The `ledger` group and `report`, on the CLI's parser."""
     ledger = sub.add_parser("ledger", help="the de-identified ledger of referrals (database, migrations, retention)")
     commands = ledger.add_subparsers(dest="ledger_command", required=True)
