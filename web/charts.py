@@ -16,8 +16,9 @@ from html import escape
 
 from markupsafe import Markup
 
-WIDTH = 720
-LABEL_WIDTH = 220
+WIDTH = 760
+LABEL_WIDTH = 280
+LABEL_CHARS = 34  # longer labels are cut with "…" (the table below has them whole)
 VALUE_WIDTH = 60
 ROW = 30
 BAR = 20
@@ -57,6 +58,10 @@ def _text(x: float, y: float, text: str, rtl: bool, anchor: str, bold: bool = Fa
     return f'<text x="{_x(x, rtl):.1f}" y="{y:.1f}" text-anchor="{anchor}"{direction}{weight} fill="{fill}">{escape(text)}</text>'
 
 
+def _label(text: str) -> str:
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1].rstrip() + "…"
+
+
 def _open(chart_id: str, title: str, description: str, height: float) -> str:
     return (
         f'<svg class="chart" role="img" aria-labelledby="{chart_id}-t {chart_id}-d" viewBox="0 0 {WIDTH} {height:.0f}" '
@@ -78,7 +83,7 @@ def bar_chart(chart_id: str, title: str, description: str, bars: list[Bar], rtl:
     for i, b in enumerate(bars):
         y = TOP + i * ROW
         mid = y + BAR / 2 + 5
-        parts.append(_text(LABEL_WIDTH - 8, mid, b.label, rtl, "end"))
+        parts.append(_text(LABEL_WIDTH - 8, mid, _label(b.label), rtl, "end"))
         width = area * (b.value or 0) / top
         if width:
             parts.append(_rect(LABEL_WIDTH, y, max(width, 2), PALETTE[0], rtl))
@@ -98,7 +103,7 @@ def stacked_chart(
     parts = [_open(chart_id, title, description, height)]
     for i, (label, segments) in enumerate(rows):
         y = TOP + i * ROW
-        parts.append(_text(LABEL_WIDTH - 8, y + BAR / 2 + 5, label, rtl, "end"))
+        parts.append(_text(LABEL_WIDTH - 8, y + BAR / 2 + 5, _label(label), rtl, "end"))
         x = float(LABEL_WIDTH)
         for segment in segments:
             width = area * (segment.value or 0) / top

@@ -3,8 +3,9 @@ Arabic and English, axe-core finds no accessibility violation, nothing overflows
 print layout keeps only the report. axe-core is the copy the `axe-playwright-python` package
 pins (a test dependency): nothing is fetched at run time.
 
-Screenshots go to REFERRAL_SCREENSHOTS (default /tmp): reports-<lang>.png. docs/reports.png in
-the README is one of them, compared by eye with the others when the page changes.
+Screenshots go to REFERRAL_SCREENSHOTS (default /tmp): reports-<lang>.png, the whole page, and
+reports-<lang>-top.png, its first 1900 pixels. docs/reports.png in the README is reports-fr-top.png,
+compared by eye with the others when the page changes.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ async def test_reports_page_in_a_browser(browser, report_site, lang: str) -> Non
         assert await page.locator("svg.chart").count() == 7
         assert await axe_violations(page) == []
         await page.screenshot(path=str(SCREENSHOTS / f"reports-{lang}.png"), full_page=True)
+        await page.screenshot(path=str(SCREENSHOTS / f"reports-{lang}-top.png"), full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": 1900})
 
         # Paper: the header, filters and download link are left out; charts and tables stay.
         await page.emulate_media(media="print")
