@@ -19,6 +19,7 @@ COPY pyproject.toml worker.py ./
 COPY activities ./activities
 COPY config ./config
 COPY infra ./infra
+COPY ledger ./ledger
 COPY starter ./starter
 COPY web ./web
 COPY workflows ./workflows

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint test-faults install clean chromium record-histories bench
+.PHONY: run test lint test-faults install clean chromium postgresql record-histories bench
 
 install: $(STAMP)
 
@@ -21,9 +21,14 @@ run: $(STAMP)
 chromium:
 	test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
+# Debian's PostgreSQL for the ledger's tests: a fixture runs its binaries (initdb, pg_ctl) on
+# loopback in a temporary directory; the package's own cluster is not used.
+postgresql:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends postgresql)
+
 # The linters first (seconds), then everything but the slow fault tests (marker faults_full);
 # the quick fault tests are included.
-test: $(STAMP) chromium lint
+test: $(STAMP) chromium postgresql lint
 	$(PY) -m pytest -m "not faults_full" $(PYTEST_ARGS)
 
 # ruff (rules in pyproject.toml), mypy on the production packages, import-linter's contracts.

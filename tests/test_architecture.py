@@ -12,7 +12,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("workflows", "activities", "starter", "web", "config", "infra")
+PACKAGES = ("workflows", "activities", "starter", "web", "config", "infra", "ledger")
 MAX_LINES = 500
 
 

@@ -51,7 +51,7 @@ BIN = Path(sys.executable).parent
 APP_SERVICES = ("worker", "web")
 # Services that run until stopped (the others are one-shot jobs).
 LONG_RUNNING = ("postgresql", "temporal", "temporal-ui", "worker", "web", "mailpit")
-ONE_SHOT = ("temporal-schema", "temporal-setup")
+ONE_SHOT = ("temporal-schema", "temporal-setup", "ledger-upgrade")
 
 # What compose mounts from ./config (or REFERRAL_CONFIG_DIR) into /etc/referrals: operator data,
 # never the settings code beside it.
@@ -60,6 +60,7 @@ OPERATOR_DATA = ("partners.yaml", "policy.yaml", "policy.demo.yaml", "messages")
 COMPOSE_ONLY = {
     "POSTGRES_USER",
     "POSTGRES_PASSWORD",
+    "LEDGER_POSTGRES_PASSWORD",
     "TEMPORAL_RETENTION",
     "REFERRAL_CONFIG_DIR",
     "APP_IMAGE_TAG",
@@ -72,6 +73,9 @@ COMPOSE_ONLY = {
     "TEMPORAL_HOST_PORT",
     "MAILPIT_HOST_PORT",
 }
+# Compose-only secrets in .env that the application containers must not get: blanked in their
+# `environment` (which wins over env_file), as they reach PostgreSQL for the ledger.
+BLANKED = {"POSTGRES_PASSWORD"}
 # Settings that hold secrets or account identifiers: .env.example leaves them empty.
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ENCRYPTION_KEYS|ACCOUNT_SID|SERVICE_SID|LOGINS")
 
@@ -168,6 +172,7 @@ def deployment_env() -> dict[str, str]:
     """The `.env` an operator would write from the example: active values, secrets filled in."""
     env = {name: value for name, (value, active) in env_example().items() if active}
     env["POSTGRES_PASSWORD"] = "not-a-real-password"
+    env["LEDGER_POSTGRES_PASSWORD"] = "0123456789abcdef"
     return env
 
 
@@ -357,7 +362,9 @@ def test_worker_and_web_get_env_file_and_only_settings() -> None:
         service = services[name]
         assert (".env", True) in env_files_of(service), f"{name}: env_file .env (required) is how settings and secrets arrive"
         env = environment_of(service)
-        unknown = sorted(set(env) - settings_names())
+        for blanked in BLANKED:
+            assert env.get(blanked) == "", f"{name}: {blanked} (in .env) must be blanked for the application containers"
+        unknown = sorted(set(env) - settings_names() - BLANKED)
         assert not unknown, f"{name}: environment sets {unknown}, which the code does not read"
         envs.append(env)
     assert envs[0] == envs[1], "worker and web must see the same settings"
@@ -383,6 +390,7 @@ def test_the_containers_settings_are_valid(monkeypatch: pytest.MonkeyPatch, tmp_
     assert settings.temporal_address == "temporal:7233"
     assert settings.temporal_namespace == env["TEMPORAL_NAMESPACE"]
     assert str(settings.referral_partners_file).startswith("/etc/referrals/")
+    assert settings.ledger_url == f"postgresql+psycopg://ledger:{env['LEDGER_POSTGRES_PASSWORD']}@postgresql:5432/ledger"
     # Empty required secrets fail loudly instead of running with a weak value.
     monkeypatch.setenv("PARTNER_LINK_SECRET", "")
     with pytest.raises(ValueError):
@@ -509,7 +517,7 @@ def test_production_never_imports_what_the_image_leaves_out() -> None:
     """tests/, bench/ and standins/ are outside the build context (.dockerignore): an import of
     them from production code would work in a checkout and fail in the image."""
     offenders = []
-    for package in ("workflows", "activities", "starter", "web", "config", "infra"):
+    for package in ("workflows", "activities", "starter", "web", "config", "infra", "ledger"):
         for path in (REPO / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Import):
@@ -657,8 +665,11 @@ def test_start_order() -> None:
     assert condition("temporal", "temporal-schema") == "service_completed_successfully"
     assert condition("temporal-setup", "temporal") == "service_healthy"
     assert condition("temporal-ui", "temporal") == "service_healthy"
+    assert condition("ledger-upgrade", "temporal-schema") == "service_completed_successfully"  # the database and role first
     for name in APP_SERVICES:
         assert condition(name, "temporal-setup") == "service_completed_successfully"
+        assert condition(name, "ledger-upgrade") == "service_completed_successfully"
+    assert services["ledger-upgrade"]["command"] == ["referral", "ledger", "upgrade"]
 
 
 def test_volumes_networks_and_profiles() -> None:
@@ -668,11 +679,15 @@ def test_volumes_networks_and_profiles() -> None:
     assert "postgres-data:/var/lib/postgresql/data" in services["postgresql"]["volumes"]
     for name in APP_SERVICES:
         assert "referral-data:/data" in services[name]["volumes"], f"{name} must share the data volume"
-    # PostgreSQL is on an internal network the application containers are not on.
-    assert compose["networks"]["db"]["internal"] is True
-    assert services["postgresql"]["networks"] == ["db"]
-    for name in APP_SERVICES:
+    # PostgreSQL is on two internal networks: Temporal's (`db`), which the application containers
+    # are not on, and the ledger's, which Temporal's containers are not on.
+    assert compose["networks"]["db"]["internal"] is True and compose["networks"]["ledger"]["internal"] is True
+    assert services["postgresql"]["networks"] == ["db", "ledger"]
+    for name in (*APP_SERVICES, "ledger-upgrade"):
         assert "db" not in (services[name].get("networks") or ["default"])
+        assert "ledger" in services[name]["networks"]
+    for name in ("temporal", "temporal-schema", "temporal-setup", "temporal-ui"):
+        assert "ledger" not in (services[name].get("networks") or ["default"]), name
     assert services["mailpit"]["profiles"] == ["dev"]
     for name, service in services.items():
         for port in service.get("ports", []):
@@ -738,6 +753,38 @@ def test_setup_scripts_are_mounted_and_parse() -> None:
     dynamic = yaml.safe_load((DEPLOY / "temporal" / "dynamicconfig" / "production-sql.yaml").read_text(encoding="utf-8"))
     assert dynamic["frontend.enableUpdateWorkflowExecution"][0]["value"] is True  # the app uses updates
     assert "system.forceSearchAttributesCacheRefreshOnRead" not in dynamic  # development only
+
+
+def test_ledger_role_and_database_from_the_setup_script(postgres) -> None:
+    """setup-postgres.sh's SQL for the ledger, run twice with psql on a real PostgreSQL (tests/postgres.py):
+    the `ledger` role owns its database and migrates it, and Temporal's databases refuse it."""
+    import psycopg
+
+    from ledger import migrate
+    from ledger.engine import engine_for
+
+    script = (DEPLOY / "temporal" / "setup-postgres.sh").read_text(encoding="utf-8")
+    sql = script.split("<<'SQL'\n", 1)[1].split("\nSQL\n", 1)[0]
+    admin = psycopg.connect(host="127.0.0.1", port=postgres.port, user="postgres", dbname="postgres", autocommit=True)
+    with admin:
+        for db in ("temporal", "temporal_visibility"):
+            if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+                admin.execute(f"CREATE DATABASE {db}")
+    psql = [str(postgres.bin / "psql"), "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
+    for _ in range(2):  # every `docker compose up` runs it again
+        out = subprocess.run([*psql, "-v", "ledger_password=0123456789abcdef"], input=sql, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    url = f"postgresql+psycopg://ledger:0123456789abcdef@127.0.0.1:{postgres.port}/ledger"
+    try:
+        assert migrate.upgrade(url) == migrate.head_revision()
+    finally:
+        engine_for(url).dispose()
+    for db in ("temporal", "temporal_visibility"):
+        with pytest.raises(psycopg.OperationalError, match="permission denied"):
+            psycopg.connect(host="127.0.0.1", port=postgres.port, user="ledger", dbname=db).close()
+    with psycopg.connect(host="127.0.0.1", port=postgres.port, user="ledger", dbname="ledger") as conn:
+        role = conn.execute("SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = 'ledger'").fetchone()
+    assert role == (False, False, False)
 
 
 async def _run_setup(address: str, namespace: str, attributes: str, retention: str = "30d") -> tuple[int, str]:

@@ -26,7 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
 # What the slice needs of the project: the packages, the tests, the examples, pytest's settings.
-PROJECT = ["activities", "config", "infra", "standins", "starter", "web", "workflows", "tests", "examples", "worker.py", "pyproject.toml"]
+PROJECT = ["activities", "config", "infra", "ledger", "standins", "starter", "web", "workflows", "tests", "examples", "worker.py", "pyproject.toml"]
 SLICE = [
     "tests/activities/test_directory.py",
     "tests/workflows/test_lifecycle_timers.py::test_reminder_then_escalation_to_next_partner",

@@ -1,4 +1,4 @@
-"""The web app: SMS webhooks, the JSON API, the coordinators' web form, the partner page.
+"""The web app: SMS webhooks, the JSON API, the coordinators' web form and reports, the partner page.
 
 `uvicorn web.app:app`. Each part owns a router in its own module;
 this file only assembles them and holds what they share: settings and the Temporal client.
@@ -16,13 +16,15 @@ from temporalio.client import Client
 from config.settings import Settings, get_settings
 from infra.logs import configure_logging
 from infra.temporal import EncryptionNotConfigured, connect
+from ledger.store import LedgerStore
 from web import methods
-from web.routes import api, auth, codec, intake_form, partner_page, referral_pages, sms_webhook
+from web.routes import api, auth, codec, intake_form, partner_page, referral_pages, report_pages, reports, sms_webhook
 from web.security import startup_checks
 
 
-def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
-    """`client` is given by tests; otherwise the app connects to Temporal at start-up."""
+def create_app(settings: Settings | None = None, client: Client | None = None, ledger: LedgerStore | None = None) -> FastAPI:
+    """`client` is given by tests; otherwise the app connects to Temporal at start-up. The ledger
+    is LEDGER_DATABASE_URL's unless given."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -42,8 +44,9 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app = FastAPI(title="Referral orchestrator", lifespan=lifespan)
     app.state.settings = settings
     app.state.client = client
+    app.state.ledger = ledger
 
-    for part in (sms_webhook, api, auth, intake_form, referral_pages, partner_page, codec):
+    for part in (sms_webhook, api, reports, auth, intake_form, referral_pages, report_pages, partner_page, codec):
         app.include_router(part.router)
     methods.install(app)  # a 405's Allow names every method of the path, not the first route's
 

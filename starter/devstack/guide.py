@@ -32,6 +32,13 @@ def protection_lines(p: Plan) -> list[str]:
     return lines
 
 
+def ledger_place(s: Settings) -> str:
+    from ledger.engine import describe
+
+    url = s.ledger_url
+    return shown(Path(url.removeprefix("sqlite:///"))) if url.startswith("sqlite:///") else describe(url)
+
+
 def print_ready(p: Plan) -> None:
     s = p.settings
     ns = s.temporal_namespace
@@ -53,6 +60,7 @@ def print_ready(p: Plan) -> None:
         f"  SMS           {sms}",
         f"  Policy        {shown(Path(s.referral_policy_file))}",
         f"  Data          {shown(p.data_dir)}   (Temporal state in temporal.db; `rm -rf {shown(p.data_dir)}` resets)",
+        f"  Reports       {web}/reports   (`referral report`; the ledger: {ledger_place(s)})",
         f"  API token     {os.environ.get('REFERRAL_API_TOKENS', '')}   (Authorization: Bearer ...)",
         f"  Twilio token  {os.environ.get('TWILIO_AUTH_TOKEN', '')}   (dev only: lets `referral reply` sign webhooks locally)",
     ]

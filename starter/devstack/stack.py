@@ -124,6 +124,7 @@ class Devstack:
 
     async def start_apps(self) -> None:
         s = self.p.settings
+        await self.upgrade_ledger()
         self.children["worker"] = await Child.start("worker", [sys.executable, str(REPO / "worker.py")])
         self.children["web"] = await Child.start(
             "web",
@@ -131,6 +132,18 @@ class Devstack:
         )
         await asyncio.gather(self._wait_worker(), self._wait_http(f"http://{HOST}:{s.web_port}/healthz", "web app"))
         await self._wait_http(f"http://{HOST}:{self.p.ui_port}/", "Temporal Web UI")
+
+    async def upgrade_ledger(self) -> None:
+        """`referral ledger upgrade` before the worker writes to the ledger (a SQLite file in the data dir by default)."""
+        from ledger import migrate
+        from ledger.engine import describe
+
+        url = self.p.settings.ledger_url
+        try:
+            revision = await asyncio.to_thread(migrate.upgrade, url)
+        except Exception as err:
+            raise StartupError(f"the ledger database could not be migrated ({type(err).__name__}) at {describe(url)}") from None
+        say(f"devstack: ledger {describe(url)} at revision {revision}")
 
     async def _wait_worker(self) -> None:
         """Ready when it polls its task queue."""

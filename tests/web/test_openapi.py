@@ -32,10 +32,12 @@ from temporalio.service import RPCError
 
 from activities.directory import load_directory
 from config.settings import Settings
+from ledger import migrate
 from starter import referrals
 from web.app import create_app
 from web.methods import METHODS
 from web.routes import api as api_routes
+from web.routes import reports as report_routes
 from workflows.intake import Intake, Timestamp, normalise_phone
 
 TOKEN = "openapi-test-token-5d2e"
@@ -50,10 +52,16 @@ GENERATED = settings(
 )
 # Answers a request the document allows may get: success, no such referral, refused by the referral,
 # Temporal unavailable. Never 400, 413, 415 or 422 (nor 401: the token is right).
-ALLOWED = {"POST /api/referrals": {200, 201}, "GET /api/referrals": {200}}
+ALLOWED = {"POST /api/referrals": {200, 201}, "GET /api/referrals": {200}, "GET /api/reports": {200}}
 UPDATE_ANSWERS = {200, 404, 409, 503}
 
-OPERATIONS = sorted(f"{method} {route.path}" for route in api_routes.router.routes if isinstance(route, APIRoute) for method in route.methods or ())
+OPERATIONS = sorted(
+    f"{method} {route.path}"
+    for router in (api_routes.router, report_routes.router)
+    for route in router.routes
+    if isinstance(route, APIRoute)
+    for method in route.methods or ()
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -100,6 +108,7 @@ class Served:
 async def served(dev_env, make_settings) -> AsyncIterator[Served]:
     task_queue = f"openapi-no-worker-{uuid.uuid4()}"
     settings_ = make_settings(referral_task_queue=task_queue, referral_api_tokens=TOKEN, public_base_url=BASE)
+    migrate.upgrade(settings_.ledger_url)  # /api/reports reads an (empty) ledger
     app = create_app(settings_, client=dev_env.client)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as http:
         doc = (await http.get("/openapi.json")).json()

@@ -15,7 +15,7 @@ Every route mirrors a CLI command and calls the same functions in `starter.refer
   retried call is applied once and answered with the first outcome.
 
 FastAPI's default handling of invalid requests (a 422 whose `detail` echoes the `input`) is
-replaced for these routes by `_ApiRoute`, which turns it into the field list above.
+replaced for these routes by `ApiRoute`, which turns it into the field list above.
 
 /openapi.json declares all of this (patterns, enums, lengths, cross-field rules, the body limit,
 every error answer), so a client built from it is refused only for what it states;
@@ -198,7 +198,7 @@ async def _read_capped(request: Request) -> bytes:
     return body
 
 
-class _ApiRoute(APIRoute):
+class ApiRoute(APIRoute):
     """Checks the bearer token, caps and types the body, and renders every error as JSON fields."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -244,19 +244,19 @@ def _normalised(code: str) -> str:
         return code
 
 
-# The scheme is declared for /docs ("Authorize"); `_ApiRoute` does the actual check.
-_bearer_doc = HTTPBearer(auto_error=False, description="a token from REFERRAL_API_TOKENS")
+# The scheme is declared for /docs ("Authorize"); `ApiRoute` does the actual check.
+bearer_doc = HTTPBearer(auto_error=False, description="a token from REFERRAL_API_TOKENS")
 
-_ERRORS = {"model": ErrorList}
+ERRORS = {"model": ErrorList}
 router = APIRouter(
     prefix="/api",
     tags=["referrals"],
-    route_class=_ApiRoute,
-    dependencies=[Depends(_bearer_doc)],
+    route_class=ApiRoute,
+    dependencies=[Depends(bearer_doc)],
     responses={
-        401: {**_ERRORS, "description": "no or wrong bearer token (checked before anything else)"},
-        422: {**_ERRORS, "description": "invalid input, against this document's schemas; each error names its field, never its value"},
-        503: {**_ERRORS, "description": "Temporal unreachable"},
+        401: {**ERRORS, "description": "no or wrong bearer token (checked before anything else)"},
+        422: {**ERRORS, "description": "invalid input, against this document's schemas; each error names its field, never its value"},
+        503: {**ERRORS, "description": "Temporal unreachable"},
     },
 )
 
@@ -279,11 +279,11 @@ IdempotencyKey = Annotated[
     # A header is a string or absent, never null.
     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": _KEY_MAX_LENGTH, "pattern": _KEY_PATTERN}),
 ]
-# Answers of every route that reads a body (`_ApiRoute` and FastAPI's parser).
+# Answers of every route that reads a body (`ApiRoute` and FastAPI's parser).
 _BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {**_ERRORS, "description": "unreadable body: not UTF-8, nested too deep, or a bad Content-Length"},
-    413: {**_ERRORS, "description": f"body over {MAX_BODY_BYTES // 1024} KiB"},
-    415: {**_ERRORS, "description": "a body that is not application/json (or application/*+json)"},
+    400: {**ERRORS, "description": "unreadable body: not UTF-8, nested too deep, or a bad Content-Length"},
+    413: {**ERRORS, "description": f"body over {MAX_BODY_BYTES // 1024} KiB"},
+    415: {**ERRORS, "description": "a body that is not application/json (or application/*+json)"},
 }
 _BODY = (
     f"JSON (application/json, or application/*+json) of at most {MAX_BODY_BYTES // 1024} KiB. A field the "
@@ -294,7 +294,7 @@ _OPTIONAL_BODY_DOC = {"requestBody": {"description": f"{_BODY} Optional: no body
 _UPDATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "applied; or applied before (kind already_applied), so a retry is safe"},
     **_BODY_RESPONSES,
-    404: {**_ERRORS, "description": "no such referral"},
+    404: {**ERRORS, "description": "no such referral"},
     409: {"model": Rejection, "description": "refused by the referral (closed, not offered, ...)"},
 }
 
@@ -340,7 +340,7 @@ async def start(intake: Intake, request: Request, response: Response) -> Started
     "/referrals/{code}",
     response_model=ReferralStatus,
     summary="A referral's status (no personal data)",
-    responses={404: {**_ERRORS, "description": "no such referral"}},
+    responses={404: {**ERRORS, "description": "no such referral"}},
 )
 async def status(code: CodePath, request: Request) -> ReferralStatus:
     return await referrals.get_status(deps.client_of(request), _code(code))
@@ -367,8 +367,8 @@ async def _act(request: Request, code: str, action: CoordinatorAction, key: str 
     response_model=ActionOutcome | AlreadyApplied,
     responses={
         **_UPDATE_RESPONSES,
-        422: {**_ERRORS, "description": "invalid input, or partner_id not a partner of the directory offering `service`"},
-        503: {**_ERRORS, "description": "Temporal unreachable, or the partner directory unreadable"},
+        422: {**ERRORS, "description": "invalid input, or partner_id not a partner of the directory offering `service`"},
+        503: {**ERRORS, "description": "Temporal unreachable, or the partner directory unreadable"},
     },
     summary="Assign a partner to a service by hand",
     openapi_extra=_BODY_DOC,
