@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     web_session_secret: str = ""
     web_session_hours: float = 12.0
 
+    # The ledger (ledger/): the de-identified record of every referral, kept until deleted.
+    # SQLAlchemy URL: `sqlite:////path/ledger.sqlite3` or `postgresql+psycopg://user:password@host/db`
+    # (the password URL-encoded). Unset: the SQLite file ledger.sqlite3 in REFERRAL_DATA_DIR.
+    ledger_database_url: SecretStr | None = None
+
     # Logs
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
@@ -112,6 +117,13 @@ class Settings(BaseSettings):
     @property
     def ui_origins(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.temporal_ui_origin.split(",") if o.strip()]
+
+    @property
+    def ledger_url(self) -> str:
+        """LEDGER_DATABASE_URL, or the SQLite file in REFERRAL_DATA_DIR. Holds a password: never log it."""
+        if self.ledger_database_url is not None and self.ledger_database_url.get_secret_value().strip():
+            return self.ledger_database_url.get_secret_value().strip()
+        return f"sqlite:///{(self.referral_data_dir / 'ledger.sqlite3').resolve()}"
 
     @property
     def outbox_dir(self) -> Path:

@@ -7,6 +7,8 @@
     referral cancel|close|withdraw-consent CODE [--reason TEXT] [--service S (close only)]
     referral list [--stage S] [--region R] [--overdue] [--json]
     referral worker
+    referral ledger upgrade | delete --closed-before DATE      (starter/ledger_cli.py)
+    referral report [--from DATE] [--to DATE] [--region R] [--format table|csv|json] [--no-suppression]
 
 Exit status: 0 done, 2 bad input, unknown code or a refused action (one line on stderr naming
 the problem), 1 Temporal unreachable.
@@ -27,7 +29,7 @@ from pydantic import ValidationError
 
 from config.settings import get_settings
 from infra.temporal import EncryptionNotConfigured, connect
-from starter import referrals
+from starter import ledger_cli, referrals
 from workflows.intake import REGIONS, SERVICES, Intake, describe_errors
 from workflows.models import PARTNER_ACTIONS, STAGES, CoordinatorAction, PartnerReply
 
@@ -200,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("body", help='the SMS text, e.g. "A 7K3Q9"')
 
     sub.add_parser("worker", help="run the worker")
+    ledger_cli.add_commands(sub)
     return p
 
 
@@ -219,6 +222,8 @@ def _main(argv: list[str] | None) -> int:
 
         worker_main()
         return 0
+    if args.command in ("ledger", "report"):
+        return ledger_cli.run(args, get_settings())
     try:
         return asyncio.run(_run(args))
     except UsageError as err:

@@ -3,6 +3,7 @@
 - `time_env`: Temporal's time-skipping test server (timers and escalation ladders).
 - `dev_env`: the Temporal CLI dev server (updates, visibility, UI metadata).
 - `smtp`: an aiosmtpd server that keeps every message it receives.
+- `postgres`: a PostgreSQL server from Debian's packages in a temporary directory (tests/postgres.py).
 - `make_settings` / `start_worker`: settings pointing at those and at the tests' own partner
   directory and policy (tests/fixtures/), and a worker with the real activities on a fresh
   task queue.
@@ -18,7 +19,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -35,6 +36,7 @@ from activities.referral_activities import ReferralActivities
 from config.settings import Settings
 from infra.temporal import data_converter
 from tests.fixtures import PARTNERS_FILE, POLICY_FILE
+from tests.postgres import PostgresServer, running_postgres, why_unavailable
 from worker import build_worker
 from workflows import search_attributes as sa
 
@@ -96,6 +98,16 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session; each test makes its own database (create_database)."""
+    reason = why_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with running_postgres(free_port()) as server:
+        yield server
 
 
 @dataclass

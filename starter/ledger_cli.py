@@ -1,0 +1,95 @@
+"""`referral ledger ...` and `referral report`: the ledger's commands (the ledger package does the work).
+
+    referral ledger upgrade                         bring the ledger database to the code's migration
+    referral ledger delete --closed-before DATE     delete the referrals closed before that day
+    referral report [--from DATE] [--to DATE] [--region R] [--format table|csv|json] [--no-suppression]
+
+Dates are days (YYYY-MM-DD) in REFERRAL_TIMEZONE. Exit status: 0 done, 2 bad input, 1 the ledger
+database unreachable or not migrated (one line on stderr; never the database URL, which may hold
+a password).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, date, datetime, time
+from zoneinfo import ZoneInfo
+
+from config.settings import Settings
+from ledger import migrate
+from ledger.engine import describe
+from ledger.report_output import to_csv, to_text
+from ledger.reports import Filters
+from ledger.store import LedgerNotReady, LedgerStore
+from workflows.intake import REGIONS
+
+
+def iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a day as YYYY-MM-DD") from None
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The `ledger` group and `report`, on the CLI's parser."""
+    ledger = sub.add_parser("ledger", help="the de-identified ledger of referrals (database, migrations, retention)")
+    commands = ledger.add_subparsers(dest="ledger_command", required=True)
+    commands.add_parser("upgrade", help="create or migrate the ledger's tables (LEDGER_DATABASE_URL)")
+    delete = commands.add_parser("delete", help="delete the referrals closed before a day (open ones are kept)")
+    delete.add_argument("--closed-before", required=True, type=iso_date, metavar="DATE", help="YYYY-MM-DD, in REFERRAL_TIMEZONE")
+
+    report = sub.add_parser("report", help="statistics from the ledger, small counts shown as <5")
+    report.add_argument("--from", dest="date_from", type=iso_date, metavar="DATE", help="referrals started on or after this day")
+    report.add_argument("--to", dest="date_to", type=iso_date, metavar="DATE", help="referrals started on or before this day")
+    report.add_argument("--region", choices=REGIONS)
+    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    report.add_argument("--no-suppression", action="store_true", help="show counts from 1 to 4 (never publish the output)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        if args.command == "report":
+            return _report(args, settings)
+        if args.ledger_command == "upgrade":
+            revision = migrate.upgrade(settings.ledger_url)
+            print(f"ledger: {describe(settings.ledger_url)} at revision {revision}")
+            return 0
+        if args.ledger_command == "delete":
+            return _delete(args, settings)
+    except LedgerNotReady as err:
+        print(f"referral: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # SQLAlchemy's errors carry the URL; say what kind of failure only
+        if type(err).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3", "alembic")):
+            print(f"referral: the ledger database failed ({type(err).__name__}) at {describe(settings.ledger_url)}", file=sys.stderr)
+            return 1
+        raise
+    print(f"referral: unknown ledger command {args.ledger_command}", file=sys.stderr)
+    return 2
+
+
+def _delete(args: argparse.Namespace, settings: Settings) -> int:
+    store = LedgerStore.from_settings(settings)
+    store.check()
+    before = datetime.combine(args.closed_before, time(), ZoneInfo(settings.referral_timezone))
+    deleted = store.delete_closed_before(before)
+    print(f"ledger: deleted {deleted} referral(s) closed before {args.closed_before} ({settings.referral_timezone}); open referrals kept")
+    return 0
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    store = LedgerStore.from_settings(settings)
+    store.check()
+    filters = Filters(date_from=args.date_from, date_to=args.date_to, region=args.region)
+    report = store.report(filters, tz=ZoneInfo(settings.referral_timezone), now=datetime.now(UTC), suppress=not args.no_suppression)
+    if args.format == "json":
+        print(report.model_dump_json(indent=2))
+    elif args.format == "csv":
+        sys.stdout.write(to_csv(report))
+    else:
+        sys.stdout.write(to_text(report))
+    if report.notice:
+        print(f"referral: {report.notice}", file=sys.stderr)
+    return 0
