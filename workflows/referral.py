@@ -291,7 +291,9 @@ class ReferralWorkflow(Continuation, ServiceLadder):
             self._closing = {"close": "closed", "cancel": "cancelled", "withdraw_consent": "consent_withdrawn"}[action.action]
             # What became of the services still open: the coordinator's outcome; a withdrawal of
             # consent is the person declining them.
-            self._closing_outcome = action.outcome or ("person_declined" if action.action == "withdraw_consent" else None)
+            self._closing_outcome = action.outcome or (
+                update_rules.CONSENT_WITHDRAWN_OUTCOME if action.action == "withdraw_consent" else None
+            )
             self._cancel_pending_messages()
             await workflow.wait_condition(lambda: self._closed_at is not None)
         return ActionOutcome(code=self._code, action=action.action, stage=self._stage())

@@ -4,6 +4,12 @@ ReferralWorkflow's update validators, pure over the services' statuses.
 A refusal is an `ApplicationError` whose type is one of `models.REJECTION_TYPES` and whose
 message names the referral (`ref`, e.g. "R-12345") but nothing about the person. `done` names
 the services completed or closed by hand whose loop may not have marked them so yet.
+
+The outcome codes (ledger.record) go with one action each: a `decline_code` only with a decline;
+an `outcome` only when a coordinator ends services: `close` (one service or the referral) and
+`cancel`; a withdrawal of consent is the person declining, so it takes no other outcome. Both
+are optional here, so clients from before the codes still work; the CLI, API and pages ask for
+an outcome on `close`.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Collection, Sequence
 
 from temporalio.exceptions import ApplicationError
 
+from ledger.record import ServiceOutcome
 from workflows.models import (
     COORDINATOR_ACTIONS,
     PARTNER_ACTIONS,
@@ -21,6 +28,11 @@ from workflows.models import (
     ServiceStatus,
 )
 from workflows.projection import open_checkin, passed_over, pending_attempt
+
+# The coordinator's actions that end services and may say how (ledger.record.SERVICE_OUTCOMES).
+OUTCOME_ACTIONS = ("close", "cancel")
+# What a withdrawal of consent makes of the services still open.
+CONSENT_WITHDRAWN_OUTCOME: ServiceOutcome = "person_declined"
 
 
 def reject(kind: RejectionKind, message: str) -> ApplicationError:
@@ -39,6 +51,8 @@ def reply_targets(
     action = reply.action.lower()
     if action not in PARTNER_ACTIONS:
         raise reject("unknown_action", f"unknown command {reply.action!r}")
+    if reply.decline_code is not None and action != "decline":
+        raise reject("invalid", f"decline_code: only with decline, not {action}")
     if closed:
         raise reject("referral_closed", f"{ref} is closed")
     named = [s for s in services if reply.service is None or s.service == reply.service]
@@ -74,6 +88,11 @@ def check_coordinator_action(
     """Raises the reason a coordinator's action does not apply."""
     if action.action not in COORDINATOR_ACTIONS:
         raise reject("unknown_action", f"unknown action {action.action!r}; expected one of {', '.join(COORDINATOR_ACTIONS)}")
+    if action.outcome is not None and action.action not in OUTCOME_ACTIONS:
+        if action.action != "withdraw_consent":
+            raise reject("invalid", f"outcome: only with {' or '.join(OUTCOME_ACTIONS)}, not {action.action}")
+        if action.outcome != CONSENT_WITHDRAWN_OUTCOME:
+            raise reject("invalid", f"outcome: a withdrawal of consent is {CONSENT_WITHDRAWN_OUTCOME}, not {action.outcome}")
     if closed:
         raise reject("referral_closed", f"{ref} is closed")
     if action.action == "assign" and not action.partner_id:
