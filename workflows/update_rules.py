@@ -39,6 +39,25 @@ def reject(kind: RejectionKind, message: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
+def misplaced_decline_code(action: str, decline_code: int | None) -> str | None:
+    """Why a reply's decline_code does not go with its action (naming the field), or None."""
+    action = action.lower()
+    if decline_code is not None and action != "decline":
+        return f"decline_code: only with decline, not {action}"
+    return None
+
+
+def misplaced_outcome(action: str, outcome: str | None) -> str | None:
+    """Why a coordinator's outcome does not go with the action (naming the field), or None."""
+    if outcome is None or action in OUTCOME_ACTIONS:
+        return None
+    if action != "withdraw_consent":
+        return f"outcome: only with {' or '.join(OUTCOME_ACTIONS)}, not {action}"
+    if outcome != CONSENT_WITHDRAWN_OUTCOME:
+        return f"outcome: a withdrawal of consent is {CONSENT_WITHDRAWN_OUTCOME}, not {outcome}"
+    return None
+
+
 def _offered_now(s: ServiceStatus, partner_id: str) -> bool:
     attempt = pending_attempt(s)
     return attempt is not None and attempt.partner_id == partner_id
@@ -51,8 +70,8 @@ def reply_targets(
     action = reply.action.lower()
     if action not in PARTNER_ACTIONS:
         raise reject("unknown_action", f"unknown command {reply.action!r}")
-    if reply.decline_code is not None and action != "decline":
-        raise reject("invalid", f"decline_code: only with decline, not {action}")
+    if problem := misplaced_decline_code(action, reply.decline_code):
+        raise reject("invalid", problem)
     if closed:
         raise reject("referral_closed", f"{ref} is closed")
     named = [s for s in services if reply.service is None or s.service == reply.service]
@@ -88,11 +107,8 @@ def check_coordinator_action(
     """Raises the reason a coordinator's action does not apply."""
     if action.action not in COORDINATOR_ACTIONS:
         raise reject("unknown_action", f"unknown action {action.action!r}; expected one of {', '.join(COORDINATOR_ACTIONS)}")
-    if action.outcome is not None and action.action not in OUTCOME_ACTIONS:
-        if action.action != "withdraw_consent":
-            raise reject("invalid", f"outcome: only with {' or '.join(OUTCOME_ACTIONS)}, not {action.action}")
-        if action.outcome != CONSENT_WITHDRAWN_OUTCOME:
-            raise reject("invalid", f"outcome: a withdrawal of consent is {CONSENT_WITHDRAWN_OUTCOME}, not {action.outcome}")
+    if problem := misplaced_outcome(action.action, action.outcome):
+        raise reject("invalid", problem)
     if closed:
         raise reject("referral_closed", f"{ref} is closed")
     if action.action == "assign" and not action.partner_id:
