@@ -260,7 +260,7 @@ async def _answer(token: str, request: Request, action: str) -> Response:
             partner_id=partner_id,
             action=action,
             reason=reason,
-            decline_code=int(decline_code) if decline_code else None,  # type: ignore[arg-type]  # checked above
+            decline_code=int(decline_code) if decline_code else None,  # one of DECLINE_CODES, checked above
             service=service,
             channel="web",
         )

@@ -213,7 +213,7 @@ async def referral_action(request: Request, code: str) -> Response:
             partner_id=partner_id if action == "assign" else None,
             reason=reason,
             by=session.login[:64] if session.login else None,
-            outcome=outcome,  # type: ignore[arg-type]  # one of SERVICE_OUTCOMES, checked above
+            outcome=outcome,  # one of SERVICE_OUTCOMES, checked above
         )
         await asyncio.wait_for(
             referrals.coordinator_action(client_of(request), code, command, update_id=update_id),
