@@ -316,6 +316,9 @@ async def test_without_a_code_and_two_open_referrals_lists_the_codes(dev_env, se
         assert f"R-{first}" in text and f"R-{second}" in text
         for code in (first, second):
             assert (await h.status(code)).services[0].attempts[0].outcome is None
+        # A decline's reason code is kept in the example to send again.
+        text = await h.reply("lay-assoc", "لا ٣")
+        assert f"D {first} 3" in text or f"D {second} 3" in text
         # HELP (in Arabic) lists the commands and the same codes.
         text = await h.reply("lay-assoc", "مساعدة")
         assert "STOP" in text and f"R-{first}" in text and f"R-{second}" in text

@@ -396,7 +396,7 @@ async def _inbound(request: Request, form: dict[str, str], sid: str) -> tuple[An
                 text = reply_text(
                     settings, lang, "choose",
                     codes=_codes_text(codes, settings, lang),
-                    example=f"{_KEYWORD[action]} {codes[0]}",
+                    example=f"{_KEYWORD[action]} {codes[0]}" + (f" {command.decline_code}" if command.decline_code else ""),
                 )
                 return Answer("ambiguous", text), partner.id
             code = codes[0]
