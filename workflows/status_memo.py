@@ -171,15 +171,19 @@ class MemoPublisher:
         published since, so a describe between the two runs, or while no worker runs, would read a
         referral back at identification. So the current status goes along, with its start time
         always written out (the next run's own start is not the referral's). None for a referral
-        started before the memo held the status (Temporal's default then)."""
+        started before the memo held the status (Temporal's default then).
+        A memo given to continue-as-new replaces the whole memo, so every other key the run has
+        goes along too: the starter's intake digest, which recognises the same intake sent
+        again, must outlive the first run."""
         if self._task is None:
             return None
+        others = {key: value for key, value in workflow.memo().items() if key != MEMO_KEY}
         if self._too_large:
-            return {MEMO_KEY: None}  # kept out, as in this run: readers ask the query
+            return {**others, MEMO_KEY: None}  # kept out, as in this run: readers ask the query
         memo = compact(self._status(), _EPOCH)  # no run starts at the epoch: t0 is kept
         if workflow.payload_converter().to_payload(memo).ByteSize() > MEMO_BUDGET:
-            return {MEMO_KEY: None}
-        return {MEMO_KEY: memo}
+            return {**others, MEMO_KEY: None}
+        return {**others, MEMO_KEY: memo}
 
     def flush(self) -> None:
         """Upsert the status now if it changed (the workflow's last step: nothing waits after it)."""

@@ -396,9 +396,13 @@ async def test_each_run_after_continue_as_new_starts_with_the_status_it_carries(
     policy.write_text(yaml.safe_dump(data), encoding="utf-8")
     settings = make_settings(referral_policy_file=policy)
     async with running_worker(time_env.client, settings) as tq:
-        started = await referrals.start_referral(time_env.client, adult_intake(needs=["shelter", "legal"]), tq)
+        intake = adult_intake(needs=["shelter", "legal"])
+        started = await referrals.start_referral(time_env.client, intake, tq)
         await time_env.sleep(timedelta(days=6))  # three deadlines a service, then alerts: several runs
         runs = await referral_runs(time_env.client, referrals.workflow_id(started.code))
+        # The same intake sent again after the referral continued: the same referral, not a second one.
+        again = await referrals.start_referral(time_env.client, intake, tq)
+        assert (again.code, again.created) == (started.code, False)
     assert len(runs) >= 3
     for history in runs[1:]:
         first = history.events[0].workflow_execution_started_event_attributes
