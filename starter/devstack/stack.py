@@ -77,6 +77,7 @@ class Devstack:
         try:
             await self.guard(self.start_temporal())
             self.smtp = await start_smtp(self.p.mail_dir, self.p.settings.smtp_port)
+            await self.guard(self.upgrade_ledger())
             await self.guard(self.start_apps())
             print_ready(self.p)
             await self.guard(self.stop_requested.wait())
@@ -121,6 +122,20 @@ class Devstack:
         client = await connect_when_up(self.p)
         await ensure_search_attributes(client, self.p)
         self.client = client
+
+    async def upgrade_ledger(self) -> None:
+        """The ledger the worker writes each referral's record to (a SQLite file in the data dir,
+        unless LEDGER_DATABASE_URL says otherwise), brought to the code's migration."""
+        from ledger import migrate
+        from ledger.engine import describe
+
+        url = self.p.settings.ledger_url
+        try:
+            revision = await asyncio.to_thread(migrate.upgrade, url)
+        except Exception as err:
+            problem = type(err).__name__
+            raise StartupError(f"the ledger database {describe(url)} could not be migrated ({problem}); `referral ledger upgrade` shows why") from None
+        say(f"devstack: ledger {describe(url)} at revision {revision}")
 
     async def start_apps(self) -> None:
         s = self.p.settings

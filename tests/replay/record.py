@@ -42,6 +42,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.referral_activities import ReferralActivities
 from config.settings import Settings
+from ledger import migrate
 from starter import referrals
 from tests.conftest import BIN, SmtpSink, _Handler, free_port, wait_for
 from tests.fixtures import PARTNERS_FILE, POLICY_FILE
@@ -432,6 +433,7 @@ async def record_one(path: Path_, smtp: SmtpSink, work: Path, out_dir: Path) -> 
         referral_allow_plaintext=True,
         metrics_port=0,
     )
+    migrate.upgrade(settings.ledger_url)  # the ledger the worker writes to: a SQLite file in the work dir
     smtp.refuse.clear()
     if path.refuse_email:
         smtp.refuse.add(f"{NO_SMS_PARTNER}@partners.example.org")
