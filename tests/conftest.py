@@ -39,6 +39,7 @@ from config.settings import Settings
 from infra.temporal import data_converter
 from ledger import migrate
 from ledger.engine import engine_for
+from ledger.store import LedgerStore
 from tests.fixtures import PARTNERS_FILE, POLICY_FILE
 from tests.postgres import PostgresServer, running_postgres, why_unavailable
 from worker import build_worker
@@ -195,6 +196,50 @@ def make_settings(tmp_path: Path, smtp: SmtpSink, ledger_template: Path) -> Call
         return with_ledger(Settings(_env_file=None, **values), ledger_template)  # type: ignore[arg-type]
 
     return make
+
+
+@dataclass
+class LedgerDB:
+    """The ledger a test's worker writes to: the SQLite file in the test's data dir, or a fresh
+    database on the session's PostgreSQL server. `settings(...)` is make_settings pointing at it."""
+
+    kind: str  # sqlite | postgresql
+    settings: Callable[..., Settings]
+    url: str
+    server: PostgresServer | None = None
+    database: str | None = None
+
+    def store(self) -> LedgerStore:
+        return LedgerStore.for_url(self.url)
+
+    def contents(self) -> bytes:
+        """Everything the database holds, as bytes: the SQLite file with its WAL and shared
+        memory, or pg_dump's SQL of the PostgreSQL database."""
+        if self.server is not None:
+            assert self.database is not None
+            return self.server.dump(self.database).encode()
+        path = Path(self.url.removeprefix("sqlite:///"))
+        return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_db(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Iterator[LedgerDB]:
+    if request.param == "sqlite":
+        db = LedgerDB("sqlite", make_settings, make_settings().ledger_url)
+        yield db
+        engine_for(db.url).dispose()
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = server.create_database()
+    url = server.url(name)
+
+    def settings(**overrides: object) -> Settings:
+        return make_settings(**{"ledger_database_url": url, **overrides})
+
+    settings()  # migrated, as the SQLite file is
+    yield LedgerDB("postgresql", settings, url, server, name)
+    engine_for(url).dispose()
+    server.drop_database(name)
 
 
 @asynccontextmanager
