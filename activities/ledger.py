@@ -8,15 +8,17 @@ in a thread. Errors name their kind and never the database URL (it may hold a pa
 - `LedgerNotReady`: the database has no tables or is behind the code (`referral ledger upgrade`),
 - `LedgerUnavailable`: it cannot be reached or is busy,
   both retried until an operator fixes it or the workflow gives the write up;
-- `InvalidLedgerRecord`: the database refuses the record; retrying cannot help (non-retryable,
-  named in the workflow's retry policy).
+- `InvalidLedgerRecord`: not a record (the activity validates what it is given) or one the
+  database refuses; retrying cannot help (non-retryable, named in the workflow's retry policy).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import structlog
+from pydantic import ValidationError
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -41,8 +43,14 @@ class LedgerActivities:
         return self._store
 
     @activity.defn(name=RECORD_REFERRAL)
-    async def record_referral(self, record: LedgerRecord) -> bool:
-        """Write the record; False when the ledger already holds a newer one (nothing changed)."""
+    async def record_referral(self, given: dict[str, Any]) -> bool:
+        """Write the record (ledger_writes.compact's JSON); False when the ledger already holds a
+        newer one (nothing changed)."""
+        try:
+            record = LedgerRecord.model_validate(given)
+        except ValidationError as err:
+            fields = sorted({".".join(map(str, e["loc"])) for e in err.errors(include_input=False)})  # never the values
+            raise ApplicationError(f"not a ledger record: {', '.join(fields)}", type="InvalidLedgerRecord", non_retryable=True) from None
         try:
             written = await asyncio.to_thread(self._write, record)
         except LedgerNotReady as err:
