@@ -6,6 +6,7 @@ status, on SQLite and on PostgreSQL (`ledger_db`)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 from ledger.record import LedgerRecord
@@ -183,3 +184,37 @@ async def test_consent_withdrawn_closes_every_service_as_the_persons_choice(dev_
     assert [o.outcome for o in shelter.offers] == ["withdrawn"] and shelter.accepted_by is None
     assert medical_record.accepted_by == medical and [o.outcome for o in medical_record.offers] == ["accepted"]
     assert {s.outcome for s in record.services} == {"person_declined"} and {s.stage for s in record.services} == {"closed"}
+
+
+# --- what it costs in history events ------------------------------------------------------------
+
+# A typical two-service referral (both first offers accepted, check-in 1 answered by both, DONE),
+# on the time-skipping server with the tests' production policy: 152-155 events before the ledger
+# writes, 166-170 with them (README, "Ledger and reports"). Three writes: with the first offers,
+# with the first check-in (the acceptances), with the closing summary.
+TYPICAL_TWO_SERVICES_MAX_EVENTS = 175
+
+
+async def test_a_typical_two_service_lifecycle_writes_three_times(time_env, make_settings):
+    client = time_env.client
+    settings = make_settings()
+    async with running_worker(client, settings) as tq:
+        code = (await referrals.start_referral(client, adult_intake(needs=["shelter", "medical"]), tq)).code
+        partners = {s: await offered(client, code, s) for s in ("shelter", "medical")}
+        for service, partner in partners.items():
+            await reply(client, code, partner, "accept", service=service)
+        await time_env.sleep(timedelta(hours=24, minutes=1))
+
+        async def checkins_sent():
+            return all(s.follow_ups and s.follow_ups[0].sent_at for s in (await referrals.get_status(client, code)).services)
+
+        await wait_for(checkins_sent)
+        for action in ("ok", "done"):
+            for service, partner in partners.items():
+                await reply(client, code, partner, action, service=service)
+        await finished(client, code)
+        history = await client.get_workflow_handle(referrals.workflow_id(code)).fetch_history()
+
+    writes = [e for e in history.events if e.activity_task_scheduled_event_attributes.activity_type.name == "record_referral"]
+    assert len(writes) == 3
+    assert len(history.events) <= TYPICAL_TWO_SERVICES_MAX_EVENTS, len(history.events)
