@@ -11,23 +11,32 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.ledger import LedgerActivities
 from activities.observability import LogContextInterceptor
 from activities.referral_activities import ReferralActivities
 from config.settings import Settings, get_settings
 from infra.logs import configure_logging
 from infra.temporal import EncryptionNotConfigured, MetricsUnavailable, connect, metrics_runtime
+from ledger.store import LedgerNotReady
 from workflows.referral import ReferralWorkflow
 
 log = structlog.get_logger("worker")
 
 
-def build_worker(client: Client, settings: Settings, task_queue: str | None = None, activities: ReferralActivities | None = None) -> Worker:
+def build_worker(
+    client: Client,
+    settings: Settings,
+    task_queue: str | None = None,
+    activities: ReferralActivities | None = None,
+    ledger: LedgerActivities | None = None,
+) -> Worker:
     acts = activities or ReferralActivities(settings)
+    ledger_acts = ledger or LedgerActivities(settings)  # the ledger database of LEDGER_DATABASE_URL
     return Worker(
         client,
         task_queue=task_queue or settings.referral_task_queue,
         workflows=[ReferralWorkflow],
-        activities=acts.all(),
+        activities=acts.all() + ledger_acts.all(),
         interceptors=[LogContextInterceptor()],
         workflow_runner=workflow_runner(),
         max_cached_workflows=settings.worker_max_cached_referrals,
@@ -48,7 +57,9 @@ async def run_worker(settings: Settings) -> None:
     # The worker's client lives on a runtime that serves Prometheus metrics (METRICS_PORT).
     client = await connect(settings, runtime=metrics_runtime(settings))
     activities = ReferralActivities(settings)
-    worker = build_worker(client, settings, activities=activities)
+    ledger = LedgerActivities(settings)
+    await _check_ledger(ledger)
+    worker = build_worker(client, settings, activities=activities, ledger=ledger)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -64,6 +75,15 @@ async def run_worker(settings: Settings) -> None:
         await stop.wait()
     await activities.aclose()
     log.info("worker stopped")
+
+
+async def _check_ledger(ledger: LedgerActivities) -> None:
+    """Say so at start when the ledger cannot take records yet. Not a reason to refuse work: no
+    offer waits for the ledger, and its writes are retried until it can (`referral ledger upgrade`)."""
+    try:
+        await asyncio.to_thread(ledger.store().check)
+    except LedgerNotReady as err:
+        log.warning("ledger not ready: its writes are retried until it is", reason=str(err))
 
 
 def _encryption_note(client: Client) -> str:

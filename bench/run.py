@@ -274,6 +274,10 @@ def make_stack() -> Stack:
         env["METRICS_PORT"] = str(free_port())
         env["METRICS_HOST"] = HOST
     stack.env = env
+    if "ledger_database_url" in fields:  # the workers write the ledger (a SQLite file in the data dir): migrate it first
+        from ledger import migrate
+
+        migrate.upgrade(stack.settings().ledger_url)
     return stack
 
 

@@ -1,20 +1,24 @@
 """`referral ledger ...` and `referral report`: the ledger's commands (the ledger package does the work).
 
     referral ledger upgrade                         bring the ledger database to the code's migration
+    referral ledger rebuild [CODE ...]              fill the ledger from Temporal (starter/ledger_rebuild.py)
     referral ledger delete --closed-before DATE     delete the referrals closed before that day
     referral report [--from DATE] [--to DATE] [--region R] [--format table|csv|json] [--no-suppression]
 
 Dates are days (YYYY-MM-DD) in REFERRAL_TIMEZONE. Exit status: 0 done, 2 bad input, 1 the ledger
-database unreachable or not migrated (one line on stderr; never the database URL, which may hold
-a password).
+database unreachable or not migrated, Temporal unreachable, or a referral not rebuilt (one line on
+stderr; never the database URL, which may hold a password).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
+
+from temporalio.service import RPCError
 
 from config.settings import Settings
 from ledger import migrate
@@ -22,6 +26,8 @@ from ledger.engine import describe
 from ledger.report_output import to_csv, to_text
 from ledger.reports import Filters
 from ledger.store import LedgerNotReady, LedgerStore
+from starter import ledger_rebuild
+from starter.referrals import normalise_code
 from workflows.intake import REGIONS
 
 
@@ -37,6 +43,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ledger = sub.add_parser("ledger", help="the de-identified ledger of referrals (database, migrations, retention)")
     commands = ledger.add_subparsers(dest="ledger_command", required=True)
     commands.add_parser("upgrade", help="create or migrate the ledger's tables (LEDGER_DATABASE_URL)")
+    rebuild = commands.add_parser(
+        "rebuild", help="write the record of every referral Temporal still knows (running, or closed within retention); safe to repeat"
+    )
+    rebuild.add_argument("codes", nargs="*", metavar="CODE", help="only these referrals (default: every one Temporal lists)")
     delete = commands.add_parser("delete", help="delete the referrals closed before a day (open ones are kept)")
     delete.add_argument("--closed-before", required=True, type=iso_date, metavar="DATE", help="YYYY-MM-DD, in REFERRAL_TIMEZONE")
 
@@ -58,6 +68,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if args.ledger_command == "delete":
             return _delete(args, settings)
+        if args.ledger_command == "rebuild":
+            return asyncio.run(_rebuild(settings, args.codes))
     except LedgerNotReady as err:
         print(f"referral: {err}", file=sys.stderr)
         return 1
@@ -77,6 +89,38 @@ def _delete(args: argparse.Namespace, settings: Settings) -> int:
     deleted = store.delete_closed_before(before)
     print(f"ledger: deleted {deleted} referral(s) closed before {args.closed_before} ({settings.referral_timezone}); open referrals kept")
     return 0
+
+
+async def _rebuild(settings: Settings, given: list[str]) -> int:
+    from infra.temporal import EncryptionNotConfigured, connect
+
+    try:
+        codes = [normalise_code(c) for c in given] or None
+    except ValueError as err:
+        print(f"referral: {err}", file=sys.stderr)
+        return 2
+    store = LedgerStore.from_settings(settings)
+    store.check()
+    try:
+        client = await connect(settings)
+    except EncryptionNotConfigured as err:
+        print(f"referral: {err}", file=sys.stderr)
+        return 1
+    except Exception:
+        print(f"referral: cannot reach Temporal at {settings.temporal_address}", file=sys.stderr)
+        return 1
+    try:
+        done = await ledger_rebuild.rebuild(client, store, codes)
+    except RPCError as err:  # listing the referrals failed
+        print(f"referral: Temporal at {settings.temporal_address} failed ({err.status.name})", file=sys.stderr)
+        return 1
+    print(
+        f"ledger: {done.read} referral(s) read from Temporal ({settings.temporal_namespace}): "
+        f"{done.written} record(s) written, {done.kept} kept (the ledger's was as recent)"
+    )
+    for code, problem in sorted(done.failed.items()):
+        print(f"referral: R-{code} not rebuilt ({problem})", file=sys.stderr)
+    return 1 if done.failed else 0
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:

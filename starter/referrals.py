@@ -157,6 +157,13 @@ async def get_status(client: Client, code: str) -> ReferralStatus:
     the server alone, with no worker and no replay: a describe, and the run's first event for the
     external_ref (kept out of the memo). A referral without a status in its memo (started before
     the memo held it, or whose status outgrew it) is asked with the `status` query instead."""
+    status, _ = await status_and_input(client, code)
+    return status
+
+
+async def status_and_input(client: Client, code: str) -> tuple[ReferralStatus, ReferralInput]:
+    """`get_status`'s status, and the input of the referral's current run (its intake, which holds
+    PERSONAL DATA: never log or show it; `referral ledger rebuild` takes the ledger's codes from it)."""
     execution = WorkflowExecution(workflow_id=workflow_id(code))
     try:
         # One after the other: sent together, the dev server now and then answers a referral
@@ -169,14 +176,14 @@ async def get_status(client: Client, code: str) -> ReferralStatus:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise ReferralNotFound(code) from None
         raise
+    started = first.history.events[0].workflow_execution_started_event_attributes
+    [run_input] = await client.data_converter.decode(started.input.payloads[:1], [ReferralInput])
     info = described.workflow_execution_info
     memo = info.memo.fields.get(status_memo.MEMO_KEY)
     status = (await client.data_converter.decode([memo]))[0] if memo is not None else None
     if status is None:
-        return await _handle(client, code).query(ReferralWorkflow.status)
-    started = first.history.events[0].workflow_execution_started_event_attributes
-    [run_input] = await client.data_converter.decode(started.input.payloads[:1], [ReferralInput])
-    return status_memo.expand(status, execution.workflow_id, info.start_time.ToDatetime(UTC), run_input.intake.external_ref)
+        return await _handle(client, code).query(ReferralWorkflow.status), run_input
+    return status_memo.expand(status, execution.workflow_id, info.start_time.ToDatetime(UTC), run_input.intake.external_ref), run_input
 
 
 def _rejection(err: WorkflowUpdateFailedError) -> ReferralRejected:

@@ -5,8 +5,9 @@
 - `smtp`: an aiosmtpd server that keeps every message it receives.
 - `postgres`: a PostgreSQL server from Debian's packages in a temporary directory (tests/postgres.py).
 - `make_settings` / `start_worker`: settings pointing at those and at the tests' own partner
-  directory and policy (tests/fixtures/), and a worker with the real activities on a fresh
-  task queue.
+  directory and policy (tests/fixtures/), with a migrated ledger (a SQLite file in the test's data
+  dir, or LEDGER_DATABASE_URL's database when given), and a worker with the real activities on a
+  fresh task queue.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import base64
 import email
 import email.policy
 import os
+import shutil
 import socket
 import sys
 import uuid
@@ -35,6 +37,9 @@ from temporalio.testing import WorkflowEnvironment
 from activities.referral_activities import ReferralActivities
 from config.settings import Settings
 from infra.temporal import data_converter
+from ledger import migrate
+from ledger.engine import engine_for
+from ledger.store import LedgerStore
 from tests.fixtures import PARTNERS_FILE, POLICY_FILE
 from tests.postgres import PostgresServer, running_postgres, why_unavailable
 from worker import build_worker
@@ -147,8 +152,32 @@ def smtp() -> AsyncIterator[SmtpSink]:
     controller.stop()
 
 
+@pytest.fixture(scope="session")
+def ledger_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty SQLite ledger at the code's migration, copied into each test's data dir (faster
+    than migrating each)."""
+    path = tmp_path_factory.mktemp("ledger-template") / "ledger.sqlite3"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    engine_for(url).dispose()  # the last connection closed: the WAL is folded into the file
+    return path
+
+
+def with_ledger(settings: Settings, template: Path | None = None) -> Settings:
+    """The settings' ledger database brought to the code's migration (the default SQLite file
+    copied from `template` when given)."""
+    if settings.ledger_database_url is None and template is not None:
+        target = settings.referral_data_dir / "ledger.sqlite3"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(template, target)
+        return settings
+    migrate.upgrade(settings.ledger_url)
+    return settings
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, smtp: SmtpSink) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, smtp: SmtpSink, ledger_template: Path) -> Callable[..., Settings]:
     smtp.messages.clear()
     smtp.refuse.clear()
 
@@ -164,9 +193,53 @@ def make_settings(tmp_path: Path, smtp: SmtpSink) -> Callable[..., Settings]:
             metrics_port=0,
         )
         values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+        return with_ledger(Settings(_env_file=None, **values), ledger_template)  # type: ignore[arg-type]
 
     return make
+
+
+@dataclass
+class LedgerDB:
+    """The ledger a test's worker writes to: the SQLite file in the test's data dir, or a fresh
+    database on the session's PostgreSQL server. `settings(...)` is make_settings pointing at it."""
+
+    kind: str  # sqlite | postgresql
+    settings: Callable[..., Settings]
+    url: str
+    server: PostgresServer | None = None
+    database: str | None = None
+
+    def store(self) -> LedgerStore:
+        return LedgerStore.for_url(self.url)
+
+    def contents(self) -> bytes:
+        """Everything the database holds, as bytes: the SQLite file with its WAL and shared
+        memory, or pg_dump's SQL of the PostgreSQL database."""
+        if self.server is not None:
+            assert self.database is not None
+            return self.server.dump(self.database).encode()
+        path = Path(self.url.removeprefix("sqlite:///"))
+        return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_db(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Iterator[LedgerDB]:
+    if request.param == "sqlite":
+        db = LedgerDB("sqlite", make_settings, make_settings().ledger_url)
+        yield db
+        engine_for(db.url).dispose()
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = server.create_database()
+    url = server.url(name)
+
+    def settings(**overrides: object) -> Settings:
+        return make_settings(**{"ledger_database_url": url, **overrides})
+
+    settings()  # migrated, as the SQLite file is
+    yield LedgerDB("postgresql", settings, url, server, name)
+    engine_for(url).dispose()
+    server.drop_database(name)
 
 
 @asynccontextmanager

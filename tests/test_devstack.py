@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from config.settings import CONFIG_DIR, Settings
+from ledger.store import LedgerStore
 from tests.fixtures import DEMO_POLICY_FILE, PARTNERS_FILE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -210,6 +211,11 @@ def test_make_run_starts_everything_stops_cleanly_and_resumes(tmp_path: Path) ->
 
         assert httpx.get(f"http://127.0.0.1:{web_port}/healthz", timeout=5).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{ui_port}/", timeout=5).status_code == 200
+        # make run migrated the ledger; the worker wrote the referral's record with its first offers.
+        assert "devstack: ledger sqlite:///" in stack.output(200)
+        ledger = LedgerStore.for_url(f"sqlite:///{(data_dir / 'ledger.sqlite3').resolve()}")
+        record = wait_until(lambda: ledger.get(code), 30, f"the ledger's record of R-{code}", stack)
+        assert record.region == "casablanca-settat" and record.services
 
         assert stack.interrupt() == 0, stack.output()
         assert "devstack: stopped" in stack.output(10)

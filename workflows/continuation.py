@@ -3,9 +3,9 @@
 A mixin of ReferralWorkflow (workflows/referral.py), deterministic like it. Once a run's history
 holds `continue_as_new_after_events` events (or Temporal suggests it), the referral continues as
 new at its next *safe point*: every service sits in a safe wait (workflows/service_ladder.py)
-whose condition does not hold, no update or signal handler runs, no notice is being sent, the
-referral is not closing. It hands its whole state to the next run (models.CarriedState), which
-resumes each service in the same wait, for the same moment.
+whose condition does not hold, no update or signal handler runs, no notice is being sent, no
+ledger write is due or in flight, the referral is not closing. It hands its whole state to the
+next run (models.CarriedState), which resumes each service in the same wait, for the same moment.
 
 A referral started before this code (no `long-lived-referral` marker) asks
 `continue-as-new-2026-11-<n>` at each safe point past the bound: false while replaying what it
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.ledger_writes import LedgerWriter
     from workflows.models import Assessment, CarriedState, ChannelProblem, EscalationPolicy, ReferralInput
     from workflows.notices import Notices
     from workflows.service_ladder import ServiceRun
@@ -48,6 +49,7 @@ class Continuation:
         _reflection_ends_at: datetime | None
         _reflection_notice_done: bool
         _memo: MemoPublisher
+        _ledger: LedgerWriter
 
         def _log(self, message: str, **fields: object) -> None: ...
         def _count(self, name: str, description: str, **labels: str) -> None: ...
@@ -91,8 +93,9 @@ class Continuation:
     def _at_safe_point(self) -> bool:
         """Every service (and the reflection watch) sits in a safe wait whose condition does not
         hold (nothing to handle), no update or signal handler is running, no notice is being sent
-        (the sends in flight are drained first) and the referral is not closing."""
-        if self._closing or self._notices.in_flight() or not workflow.all_handlers_finished():
+        (the sends in flight are drained first), no ledger write is due or in flight, and the
+        referral is not closing."""
+        if self._closing or self._notices.in_flight() or self._ledger.busy() or not workflow.all_handlers_finished():
             return False
         for name, task in self._tasks.items():
             if task.done():

@@ -249,6 +249,12 @@ class ServiceStatus(_Model):
     follow_ups: list[FollowUp] = Field(default_factory=list)
     issues_reported: int = 0
     completed_at: datetime | None = None
+    # For the ledger (workflows/ledger_entry.py): when the coordinator was first and last told of
+    # an escalation (any rise of escalation_level), and when a coordinator first acted after it
+    # (assigned a partner, closed the service or the referral).
+    first_escalated_at: datetime | None = None
+    last_escalated_at: datetime | None = None
+    coordinator_acted_at: datetime | None = None
     outcome: ServiceOutcome | None = Field(default=None, description="how the service ended (ledger.record.SERVICE_OUTCOMES); None while open")
 
 

@@ -24,11 +24,12 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.referral_activities import ReferralActivities
-    from ledger.record import ServiceOutcome
-    from workflows import projection, schedules, status_memo, update_rules
+    from ledger.record import LedgerRecord, ServiceOutcome
+    from workflows import ledger_entry, projection, schedules, status_memo, update_rules
     from workflows import search_attributes as sa
     from workflows.continuation import REFLECTION, Continuation
     from workflows.intake import assess
+    from workflows.ledger_writes import LedgerWriter
     from workflows.models import (
         ActionOutcome,
         CarriedState,
@@ -112,6 +113,8 @@ class ReferralWorkflow(Continuation, ServiceLadder):
     async def run(self, input: ReferralInput) -> ReferralSummary:
         self._long_lived = workflow.patched(LONG_LIVED)
         self._memo = status_memo.MemoPublisher(self.status)  # a no-op for referrals started before it
+        # The ledger's record goes with the notices (a no-op for runs started before it)
+        self._ledger = LedgerWriter(self._ledger_record, lambda: ledger_entry.milestones(self.status()), lambda: self._notices.sent, self._code)
         self._publish()
         if input.carried is None:
             await self._identify(input)
@@ -139,6 +142,7 @@ class ReferralWorkflow(Continuation, ServiceLadder):
             summary_lines=[projection.summary_line(r.status) for r in self._services.values()],
         )
         await self._notices.drain()
+        await self._ledger.drain()  # the closed referral's record, written with the summary
         self._memo.flush()  # the closed status, should nothing have waited since
         return ReferralSummary(
             code=self._code,
@@ -285,6 +289,7 @@ class ReferralWorkflow(Continuation, ServiceLadder):
         elif action.action == "close" and action.service:
             run = self._services[action.service]
             run.done = True
+            run.closed_by_coordinator = True
             run.status.outcome = action.outcome
             await workflow.wait_condition(lambda: run.status.stage == "closed")
         else:
@@ -341,6 +346,10 @@ class ReferralWorkflow(Continuation, ServiceLadder):
         if not projection.may_see_person_details(open_services, partner_id, closed=closed):
             return None
         return PersonDetails(person=self._input.intake.person, notes=self._input.intake.notes)
+
+    def _ledger_record(self, updated_at: datetime) -> LedgerRecord:
+        """The de-identified record the ledger keeps (workflows/ledger_entry.py), dated `updated_at`."""
+        return ledger_entry.ledger_record(self._input.intake, self.status(), updated_at)
 
     def _statuses(self) -> list[ServiceStatus]:
         return [r.status for r in self._services.values()]

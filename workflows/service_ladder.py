@@ -47,6 +47,7 @@ class ServiceRun:
     checkins_from: int = 0  # where the current partner's check-ins start in status.follow_ups
     checkins_for: datetime | None = None  # the acceptance they follow
     started: bool = False  # its coroutine has begun (in this run)
+    closed_by_coordinator: bool = False  # closed on its own by a coordinator's action, not yet stamped so
 
     @classmethod
     def resumed(cls, carried: CarriedService) -> ServiceRun:
@@ -100,6 +101,8 @@ class ServiceLadder:
                 await self._escalated(run)
         if run.done and run.status.completed_at is None:
             run.status.completed_at = workflow.now()
+        if run.closed_by_coordinator or (self._closing and not run.done):
+            self._coordinator_acted(run)  # closed the service, or the whole referral
         run.status.stage = "closed"
         run.status.next_alert_at = None
         self._publish()
@@ -239,6 +242,7 @@ class ServiceLadder:
         run.status.partner_id = partner_id
         run.status.accepted_at = workflow.now()
         run.status.assigned_by_coordinator = True
+        self._coordinator_acted(run)
         run.status.stage = "follow_up"
         run.status.next_alert_at = None
         self._publish()
@@ -311,6 +315,14 @@ class ServiceLadder:
             if safe is not None:
                 self._safe_waits.pop(safe, None)
 
+    def _coordinator_acted(self, run: ServiceRun) -> None:
+        """A coordinator assigned a partner or closed the service (or the referral): for the
+        ledger, the first such action after the service's first escalation is the one that
+        answered it."""
+        status = run.status
+        if status.first_escalated_at is not None and status.coordinator_acted_at is None:
+            status.coordinator_acted_at = workflow.now()
+
     def _require_policy(self) -> EscalationPolicy:
         assert self._policy is not None
         return self._policy
@@ -319,6 +331,10 @@ class ServiceLadder:
         return bool(self._closing) or run.assignment is not None or run.done
 
     def _escalation(self, run: ServiceRun, why: str, **fields: object) -> None:
+        """Called as escalation_level rises: logged, counted, and its time kept for the ledger."""
         level = run.status.escalation_level
+        now = workflow.now()
+        run.status.first_escalated_at = run.status.first_escalated_at or now
+        run.status.last_escalated_at = now
         self._log("escalation", service=run.status.service, escalation_level=level, why=why, **fields)
         self._count("escalations", "escalations, by the level reached", level=str(level))

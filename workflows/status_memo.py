@@ -60,6 +60,7 @@ _SHORT = {
     "service": "s", "candidates": "c", "partner_id": "p", "accepted_at": "ac",
     "assigned_by_coordinator": "bc", "attempts": "A", "escalated_alerts": "al", "follow_ups": "F",
     "issues_reported": "is", "completed_at": "co", "last_alert_at": "la", "last_alerted": "lw", "next_alert_at": "na",
+    "first_escalated_at": "fe", "last_escalated_at": "le", "coordinator_acted_at": "xa",
     # Attempt
     "offered_at": "o", "remind_at": "rm", "deadline": "d", "reminded": "re", "outcome": "x",
     "replied_at": "ra", "reason": "why", "decline_code": "dc",

@@ -77,6 +77,7 @@ class Devstack:
         try:
             await self.guard(self.start_temporal())
             self.smtp = await start_smtp(self.p.mail_dir, self.p.settings.smtp_port)
+            await self.guard(self.upgrade_ledger())
             await self.guard(self.start_apps())
             print_ready(self.p)
             await self.guard(self.stop_requested.wait())
@@ -122,19 +123,9 @@ class Devstack:
         await ensure_search_attributes(client, self.p)
         self.client = client
 
-    async def start_apps(self) -> None:
-        s = self.p.settings
-        await self.upgrade_ledger()
-        self.children["worker"] = await Child.start("worker", [sys.executable, str(REPO / "worker.py")])
-        self.children["web"] = await Child.start(
-            "web",
-            [sys.executable, "-m", "uvicorn", "web.app:app", "--host", HOST, "--port", str(s.web_port), "--log-level", "warning"],
-        )
-        await asyncio.gather(self._wait_worker(), self._wait_http(f"http://{HOST}:{s.web_port}/healthz", "web app"))
-        await self._wait_http(f"http://{HOST}:{self.p.ui_port}/", "Temporal Web UI")
-
     async def upgrade_ledger(self) -> None:
-        """`referral ledger upgrade` before the worker writes to the ledger (a SQLite file in the data dir by default)."""
+        """The ledger the worker writes each referral's record to (a SQLite file in the data dir,
+        unless LEDGER_DATABASE_URL says otherwise), brought to the code's migration."""
         from ledger import migrate
         from ledger.engine import describe
 
@@ -142,8 +133,19 @@ class Devstack:
         try:
             revision = await asyncio.to_thread(migrate.upgrade, url)
         except Exception as err:
-            raise StartupError(f"the ledger database could not be migrated ({type(err).__name__}) at {describe(url)}") from None
+            problem = type(err).__name__
+            raise StartupError(f"the ledger database {describe(url)} could not be migrated ({problem}); `referral ledger upgrade` shows why") from None
         say(f"devstack: ledger {describe(url)} at revision {revision}")
+
+    async def start_apps(self) -> None:
+        s = self.p.settings
+        self.children["worker"] = await Child.start("worker", [sys.executable, str(REPO / "worker.py")])
+        self.children["web"] = await Child.start(
+            "web",
+            [sys.executable, "-m", "uvicorn", "web.app:app", "--host", HOST, "--port", str(s.web_port), "--log-level", "warning"],
+        )
+        await asyncio.gather(self._wait_worker(), self._wait_http(f"http://{HOST}:{s.web_port}/healthz", "web app"))
+        await self._wait_http(f"http://{HOST}:{self.p.ui_port}/", "Temporal Web UI")
 
     async def _wait_worker(self) -> None:
         """Ready when it polls its task queue."""

@@ -49,6 +49,7 @@ from activities.directory import load_directory
 from activities.sms import read_outbox
 from config.settings import Settings
 from infra.temporal import connect
+from ledger import migrate
 from starter import referrals
 from starter.devstack import search_attribute_flags
 from tests import conftest as base
@@ -348,6 +349,7 @@ async def stack(server: DevServer, tmp: Path, policy: Path, start_worker: bool =
     values.update(overrides)
     settings = base_settings(**values)
     settings.referral_data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.ledger_url)  # the worker's ledger: a SQLite file in the data dir
     client = await connect(settings)
     worker = Proc("worker", [sys.executable, str(REPO / "worker.py")], settings_env(settings), tmp, tmp / "worker.log")
     s = Stack(server, client, settings, sink, task_queue, tmp, worker)

@@ -20,6 +20,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
 
 from activities.directory import load_directory
+from activities.ledger import LedgerActivities
 from activities.referral_activities import ReferralActivities
 from activities.sms import read_outbox
 from starter import referrals
@@ -81,6 +82,7 @@ def every_field_set() -> ReferralStatus:
         accepted_at=at(days=1), assigned_by_coordinator=True, attempts=[attempt], escalation_level=2, escalated_alerts=3,
         follow_ups=[checkin], issues_reported=1, completed_at=at(days=9), last_alert_at=at(hours=30),
         last_alerted=["coordinator", "national_focal_point"], next_alert_at=at(hours=54), outcome="delivered",
+        first_escalated_at=at(hours=24), last_escalated_at=at(hours=30, microseconds=3), coordinator_acted_at=at(days=1),
     )  # fmt: skip
     problem = ChannelProblem(at=at(hours=1), partner_id="cas-assoc", channel="email", problem="undelivered", message_sid="SM" + "a" * 32)
     return ReferralStatus(
@@ -364,7 +366,7 @@ async def test_a_status_too_large_for_the_memo_leaves_it_and_is_read_by_query(ti
     settings = make_settings()
     task_queue = f"referrals-test-{uuid.uuid4()}"
     worker = Worker(
-        client, task_queue=task_queue, workflows=[ReferralWorkflow], activities=ReferralActivities(settings).all(),
+        client, task_queue=task_queue, workflows=[ReferralWorkflow], activities=ReferralActivities(settings).all() + LedgerActivities(settings).all(),
         workflow_runner=UnsandboxedWorkflowRunner(), max_cached_workflows=0,
     )  # fmt: skip
     async with worker:
