@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, get_args
 
+from starter.sms_capacity import MAX_WORDS, CapacityCommand, parse_capacity
+
 __all__ = [
     "ACTIONS",
     "CODE_ALPHABET",
@@ -309,7 +311,7 @@ def _looks_like_code(word: str) -> bool:
     )
 
 
-def _parse(body: object) -> SmsCommand:
+def _parse(body: object) -> SmsCommand | CapacityCommand:
     display, match = _prepare(body)
     spans = _tokens(match, 2 + _WINDOW + 1)
     if not spans:
@@ -318,8 +320,8 @@ def _parse(body: object) -> SmsCommand:
     keys = [_key(w) if len(w) <= _MAX_KEY_INPUT else "" for w in words]
     keyword = keys[0]
     action = KEYWORDS.get(keyword)
-    if action is None:
-        return _UNKNOWN
+    if action is None:  # FULL, OPEN, LINK (starter/sms_capacity.py), or nothing we know
+        return parse_capacity([match[a:b] for a, b in _tokens(match, MAX_WORDS + 2)], _key) or _UNKNOWN
     alone = len(spans) == 1
 
     if keyword == _YES and alone:
@@ -357,7 +359,7 @@ def _parse(body: object) -> SmsCommand:
     return SmsCommand(action, code, text)  # type: ignore[arg-type]
 
 
-def parse_sms(body: str) -> SmsCommand:
+def parse_sms(body: str) -> SmsCommand | CapacityCommand:
     """Read one partner SMS. Never raises: anything unreadable is `SmsCommand("unknown")`."""
     try:
         return _parse(body)
