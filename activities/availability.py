@@ -93,7 +93,7 @@ class AvailabilityActivities:
         partner = directory.partner(notice.partner_id)
         if partner is None or not notice.flipped:
             return 0
-        template = "capacity_full" if notice.state == "full" else "capacity_lapsed" if notice.channel == "expiry" else "capacity_reopened"
+        template = "full" if notice.state == "full" else "lapsed" if notice.channel == "expiry" else "reopened"
         sent = 0
         for contact in capacity_contacts(directory, partner):
             if not contact.email:
@@ -126,8 +126,8 @@ class AvailabilityActivities:
             "until": when(notice.until) if notice.until else words["message.capacity_until_open"],
             "channel": words.labels("capacity_channels").get(notice.channel, notice.channel),
         }
-        body = words.format(f"message.{template}.body", **values).strip() + "\n\n" + words.format("message.footer").strip() + "\n"
-        return words.format(f"message.{template}.subject", **values).strip(), body
+        body = words.format(f"message.capacity.{template}.body", **values).strip() + "\n\n" + words.format("message.footer").strip() + "\n"
+        return words.format(f"message.capacity.{template}.subject", **values).strip(), body
 
     @activity.defn(name=RECORD_CAPACITY_LAPSE)
     async def record_capacity_lapse(self, notice: CapacityNotice) -> list[str]:
