@@ -111,7 +111,7 @@ async def _start_notice(client: Client, settings: Settings, notice: CapacityNoti
     try:
         await asyncio.wait_for(
             client.start_workflow(
-                CapacityNoticeWorkflow.run, notice, id=workflow_id(notice.partner_id, notice.change_id), task_queue=settings.referral_task_queue
+                CapacityNoticeWorkflow.run, notice, id=workflow_id(notice), task_queue=settings.referral_task_queue
             ),
             START_TIMEOUT_SECONDS,
         )

@@ -75,11 +75,11 @@ _CONNECTORS = frozenset({"DE", "DU", "DES", "LA", "LE", "L", "D", "ET", "AND", "
 
 
 def _bare(word: str) -> str:
-    """A word without a French elision or an Arabic article: L'ENFANCE and ENFANCE are one, and
-    so are الإيواء, إيواء and والإيواء."""
+    """A word without a French elision, an Arabic article or "and": L'ENFANCE and ENFANCE are
+    one, and so are الإيواء, إيواء and والإيواء. Service names only (both sides alike)."""
     word = word.replace("’", "'").rpartition("'")[2] or word
-    for prefix in ("وال", "ال"):
-        if word.startswith(prefix) and len(word) > len(prefix) + 1:
+    for prefix in ("وال", "ال", "و"):
+        if word.startswith(prefix) and len(word) > len(prefix) + 2:
             return word[len(prefix):]
     return word
 

@@ -1,6 +1,6 @@
 """CapacityNoticeWorkflow: the coordinators hear when a partner goes full and when it reopens.
 
-One short workflow per change of a partner's capacity (`capacity-<partner>-<change id>`, started
+One short workflow per change of a partner's capacity (`capacity-<partner>-<change id>-<time>`, started
 by starter/capacity.py once the change is recorded): it emails the coordinators of the regions
 the partner covers about the services that flipped; for a FULL with a time limit (`FULL shelter
 3d`) it sleeps until then, has the lapse recorded (unless a later FULL or OPEN decided first)
@@ -27,8 +27,10 @@ RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2
 GIVE_UP = timedelta(hours=24)  # an email not sent in a day is stale news
 
 
-def workflow_id(partner_id: str, change_id: int) -> str:
-    return f"capacity-{partner_id}-{change_id}"
+def workflow_id(notice: CapacityNotice) -> str:
+    """One per change: the same for a redelivered SMS (the same stored change), another for a
+    change of a database started afresh (its ids start again)."""
+    return f"capacity-{notice.partner_id}-{notice.change_id}-{notice.at:%Y%m%dT%H%M%S%f}"
 
 
 @workflow.defn

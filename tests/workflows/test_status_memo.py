@@ -20,6 +20,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
 
 from activities.directory import load_directory
+from activities.availability import AvailabilityActivities
 from activities.referral_activities import ReferralActivities
 from activities.sms import read_outbox
 from starter import referrals
@@ -364,7 +365,8 @@ async def test_a_status_too_large_for_the_memo_leaves_it_and_is_read_by_query(ti
     settings = make_settings()
     task_queue = f"referrals-test-{uuid.uuid4()}"
     worker = Worker(
-        client, task_queue=task_queue, workflows=[ReferralWorkflow], activities=ReferralActivities(settings).all(),
+        client, task_queue=task_queue, workflows=[ReferralWorkflow],
+        activities=[*ReferralActivities(settings).all(), *AvailabilityActivities(settings).all()],
         workflow_runner=UnsandboxedWorkflowRunner(), max_cached_workflows=0,
     )  # fmt: skip
     async with worker:
