@@ -59,10 +59,10 @@ class FullSpell:
 
 def full_spell(changes: Iterable[CapacityChange], service: str, now: datetime) -> FullSpell | None:
     """THE rule: whether the partner whose changes these are (oldest first) is full for `service`
-    at `now`. Back-to-back FULLs are one spell, counted from the first."""
+    at `now` (changes made later do not count). Back-to-back FULLs are one spell, counted from the first."""
     spell: FullSpell | None = None
     for change in changes:
-        if change.state == "lapsed" or (change.service is not None and change.service != service):
+        if change.state == "lapsed" or change.at > now or (change.service is not None and change.service != service):
             continue  # a lapse is the record of `until` passing, which the spell already knows
         if spell is not None and spell.until is not None and spell.until <= change.at:
             spell = None

@@ -122,11 +122,11 @@ def test_backup_numbers_are_the_partners_and_no_one_elses(tmp_path: Path) -> Non
     assert gon is not None and gon.backup_sms and gon.backup_email
     assert directory.partner_by_sms(gon.backup_sms) == gon
     assert directory.partner_by_sms("0650123460") is None  # not normalised here: the webhook does
-    with pytest.raises(ConfigError, match="partners.0: backup_sms: the same number as sms"):
+    with pytest.raises(ConfigError, match=r"partners\.0: backup_sms: the same number as sms"):
         load_directory(directory_file(tmp_path, [partner("a", 1, backup_sms="+212650123501")]))
     with pytest.raises(ConfigError, match="the backup_sms of b is also a number of a"):
         load_directory(directory_file(tmp_path, [partner("a", 1), partner("b", 2, backup_sms="+212650123501")]))
-    with pytest.raises(ConfigError, match="partners.0.backup_sms"):
+    with pytest.raises(ConfigError, match=r"partners\.0\.backup_sms"):
         load_directory(directory_file(tmp_path, [partner("a", 1, backup_sms="not a phone")]))
 
 

@@ -19,8 +19,8 @@ from temporalio.client import WorkflowHistory
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
 
-from activities.directory import load_directory
 from activities.availability import AvailabilityActivities
+from activities.directory import load_directory
 from activities.referral_activities import ReferralActivities
 from activities.sms import read_outbox
 from starter import referrals
