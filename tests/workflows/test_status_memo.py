@@ -42,6 +42,7 @@ from workflows.models import (
     ReferralInput,
     ReferralStatus,
     ServiceStatus,
+    SkippedPartner,
 )
 from workflows.referral import ReferralWorkflow
 
@@ -71,8 +72,9 @@ def every_field_set() -> ReferralStatus:
     then covers them all; `test_the_example_sets_every_field` keeps it so)."""
     attempt = Attempt(
         partner_id="cas-assoc", offered_at=at(), remind_at=at(hours=12), deadline=at(hours=24), reminded=True,
-        outcome="declined", replied_at=at(hours=13, microseconds=7), reason="no beds tonight",
+        outcome="declined", replied_at=at(hours=13, microseconds=7), reason="no beds tonight", opens_at=at(hours=-1),
     )  # fmt: skip
+    skipped = SkippedPartner(partner_id="dak-assoc", reason="closed", until=at(hours=8, minutes=30), offered_instead="cas-assoc")
     checkin = FollowUp(
         number=1, partner_id="nat-shelter-amal", due_at=at(days=2), sent_at=at(days=2, microseconds=1),
         answer_by=at(days=3), answer="ok", answered_at=at(days=2, hours=2),
@@ -81,7 +83,7 @@ def every_field_set() -> ReferralStatus:
         service="shelter", stage="follow_up", candidates=["cas-assoc", "nat-shelter-amal"], partner_id="nat-shelter-amal",
         accepted_at=at(days=1), assigned_by_coordinator=True, attempts=[attempt], escalation_level=2, escalated_alerts=3,
         follow_ups=[checkin], issues_reported=1, completed_at=at(days=9), last_alert_at=at(hours=30),
-        last_alerted=["coordinator", "national_focal_point"], next_alert_at=at(hours=54),
+        last_alerted=["coordinator", "national_focal_point"], next_alert_at=at(hours=54), skipped=[skipped],
     )  # fmt: skip
     problem = ChannelProblem(at=at(hours=1), partner_id="cas-assoc", channel="email", problem="undelivered", message_sid="SM" + "a" * 32)
     return ReferralStatus(
