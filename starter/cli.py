@@ -2,9 +2,11 @@
 
     referral start --file CASE.json|yaml [--json]
     referral status CODE
-    referral respond CODE --partner ID accept|decline|ok|done|issue [--reason TEXT]
+    referral respond CODE --partner ID accept|decline|ok|done|issue [--reason TEXT] [--decline-code N]
     referral assign CODE --service S --partner ID
-    referral cancel|close|withdraw-consent CODE [--reason TEXT] [--service S (close only)]
+    referral close CODE [--service S] --outcome OUTCOME [--reason TEXT]
+    referral cancel CODE [--outcome OUTCOME] [--reason TEXT]
+    referral withdraw-consent CODE [--reason TEXT]        (the open services: person_declined)
     referral list [--stage S] [--region R] [--overdue] [--json]
     referral worker
     referral ledger upgrade | delete --closed-before DATE      (starter/ledger_cli.py)
@@ -29,6 +31,7 @@ from pydantic import ValidationError
 
 from config.settings import get_settings
 from infra.temporal import EncryptionNotConfigured, connect
+from ledger.record import DECLINE_CODES, SERVICE_OUTCOMES
 from starter import ledger_cli, referrals
 from workflows.intake import REGIONS, SERVICES, Intake, describe_errors
 from workflows.models import PARTNER_ACTIONS, STAGES, CoordinatorAction, PartnerReply
@@ -109,7 +112,9 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "respond":
-        reply = PartnerReply(partner_id=args.partner, action=args.action, reason=args.reason, channel="cli")
+        reply = PartnerReply(
+            partner_id=args.partner, action=args.action, reason=args.reason, decline_code=args.decline_code, channel="cli"
+        )
         outcome = await referrals.partner_reply(client, code, reply)  # type: ignore[arg-type]
         print(f"R-{outcome.code}: {outcome.outcome} ({', '.join(outcome.services)})")
         return 0
@@ -124,6 +129,7 @@ async def _run(args: argparse.Namespace) -> int:
             partner_id=getattr(args, "partner", None),
             reason=getattr(args, "reason", None),
             by=args.by,
+            outcome=getattr(args, "outcome", None),
         )
         done = await referrals.coordinator_action(client, code, action)
         print(f"R-{done.code}: {done.action} done, stage {done.stage}")
@@ -172,6 +178,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--partner", required=True)
     s.add_argument("action", choices=PARTNER_ACTIONS)
     s.add_argument("--reason")
+    s.add_argument(
+        "--decline-code",
+        type=int,
+        choices=sorted(DECLINE_CODES),
+        help="decline only: " + ", ".join(f"{n} {meaning}" for n, meaning in DECLINE_CODES.items()),
+    )
 
     s = sub.add_parser("assign", help="assign a partner to a service by hand")
     s.add_argument("code")
@@ -190,6 +202,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--by", help="coordinator id")
         if name == "close":
             s.add_argument("--service", choices=SERVICES, help="close only this service")
+            s.add_argument("--outcome", required=True, choices=SERVICE_OUTCOMES, help="how the service (or every open service) ended")
+        elif name == "cancel":
+            s.add_argument("--outcome", choices=SERVICE_OUTCOMES, help="optional: how the open services ended")
 
     s = sub.add_parser("list", help="referrals from Temporal visibility")
     s.add_argument("--stage", choices=STAGES)

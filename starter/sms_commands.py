@@ -1,11 +1,18 @@
 """Parse a partner's SMS reply into a command: pure functions, no I/O.
 
 The grammar (product brief, "SMS grammar"): a keyword first, then optionally the referral code
-(with or without its `R-`), then for a decline or an issue an optional free text::
+(with or without its `R-`), then for a decline an optional reason code (a number of
+`ledger.record.DECLINE_CODES`), then for a decline or an issue an optional free text::
 
     A 7K3Q9            ACCEPT, r-7k3q9!      oui 7k3q9        نعم7K3Q9      نعم ٧K٣Q٩
-    D 7K3Q9 no beds tonight                   ISSUE R-7K3Q9: interpreter missing
+    D 7K3Q9 1 no beds tonight                 NON 7K3Q9        ISSUE R-7K3Q9: interpreter missing
     OK 7K3Q9           DONE 7K3Q9            HELP             STOP
+
+A decline's first word after the code (after the keyword when there is no code) is its reason
+code when it is a number: `D 7K3Q9 3`, `لا 7K3Q9 ٣`, `D 7K3Q9 (1) full`. A number that is not one
+of the codes (`D 7K3Q9 5`) sets `unknown_decline_code`, so the webhook answers with the list of
+codes instead of recording a decline without its reason. A number glued to letters or followed by
+`.`, `,`, `:` or `/` and a digit (`10h30`, `3.5`, `12/05`) is a time or a quantity: free text.
 
 Matching is case-insensitive, on the NFKC form, with accents, Arabic diacritics and tatweel
 ignored in keywords; spaces and punctuation between the parts are tolerated. Without a code an
@@ -20,8 +27,9 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
+from ledger.record import DECLINE_CODES, DeclineCode
 from starter.sms_capacity import MAX_WORDS, CapacityCommand, parse_capacity
 
 __all__ = [
@@ -50,6 +58,8 @@ class SmsCommand:
     action: Action
     code: str | None = None  # the bare upper-case code, e.g. "7K3Q9"
     text: str | None = None  # decline reason / issue note: trimmed, <= 500 chars, None if empty
+    decline_code: DeclineCode | None = None  # a decline's reason code (ledger.record.DECLINE_CODES)
+    unknown_decline_code: bool = False  # a decline whose number is not one of the codes
 
 
 _UNKNOWN = SmsCommand("unknown")
@@ -311,6 +321,41 @@ def _looks_like_code(word: str) -> bool:
     )
 
 
+# How many digits a reason code may be written with ("01" is 1); a longer number is no code.
+_MAX_CODE_DIGITS = 3
+_ASCII_DIGITS = frozenset("0123456789")
+# Before a reason code: spaces and the punctuation of "D 7K3Q9: 1", "D 7K3Q9 - #1", "D 7K3Q9 (1)".
+_BEFORE_NUMBER = _TEXT_LEAD | frozenset("([{«\"'“‘")
+# A number followed by one of these and a digit is a time, a date or a quantity (10:30, 3.5, 12/05).
+_NUMBER_JOINERS = frozenset(".,:/٫")
+
+
+def _reason_number(match: str, start: int) -> tuple[str | None, int]:
+    """The number written first from `start` (ASCII digits in `match`) and where it ends; (None,
+    start) when the first word there is not a number on its own."""
+    n = len(match)
+    i = start
+    while i < n and (match[i].isspace() or match[i] in _BEFORE_NUMBER):
+        i += 1
+    j = i
+    while j < n and match[j] in _ASCII_DIGITS:
+        j += 1
+    if j == i:
+        return None, start
+    if j < n and (match[j].isalnum() or _is_mark(match[j])):
+        return None, start  # "10h30", "3rd", "2beds": a word, not a code
+    if j + 1 < n and match[j] in _NUMBER_JOINERS and match[j + 1] in _ASCII_DIGITS:
+        return None, start
+    return match[i:j], j
+
+
+def _decline_code(number: str) -> DeclineCode | None:
+    if len(number) > _MAX_CODE_DIGITS:
+        return None
+    value = int(number)
+    return cast(DeclineCode, value) if value in DECLINE_CODES else None
+
+
 def _parse(body: object) -> SmsCommand | CapacityCommand:
     display, match = _prepare(body)
     spans = _tokens(match, 2 + _WINDOW + 1)
@@ -346,17 +391,26 @@ def _parse(body: object) -> SmsCommand | CapacityCommand:
         return _UNKNOWN
 
     text = None
+    decline_code: DeclineCode | None = None
+    unknown_decline_code = False
     if takes_text:
         first_end = spans[0][1]
+        before = None
         if code is None:
-            rest = display[first_end:]
+            start = first_end
         elif first_after:  # only fillers and punctuation stood between keyword and code
-            rest = display[code_end:]
+            start = code_end
         else:  # "D sorry R-7K3Q9 no beds": the words before the code are part of the reason
             before = display[first_end:code_start].rstrip().rstrip(_TEXT_BEFORE_CODE)
-            rest = before + " " + display[code_end:]
+            start = code_end
+        if action == "decline":
+            number, start = _reason_number(match, start)
+            if number is not None:
+                decline_code = _decline_code(number)
+                unknown_decline_code = decline_code is None
+        rest = display[start:] if before is None else before + " " + display[start:]
         text = _clean_text(rest)
-    return SmsCommand(action, code, text)  # type: ignore[arg-type]
+    return SmsCommand(action, code, text, decline_code, unknown_decline_code)  # type: ignore[arg-type]
 
 
 def parse_sms(body: str) -> SmsCommand | CapacityCommand:

@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ledger.record import DeclineCode, ServiceOutcome
 from workflows.intake import Assessment, Intake, Person, Service, Urgency
 
 Stage = Literal[
@@ -198,6 +199,8 @@ class PartnerReply(_Model):
     # rejected with a reason rather than failing to decode
     action: str
     reason: str | None = Field(default=None, max_length=1600)
+    # A decline's reason code (ledger.record.DECLINE_CODES): `D CODE 1` ... `D CODE 9`
+    decline_code: DeclineCode | None = None
     service: str | None = None
     channel: Literal["sms", "cli", "web", "api"] = "cli"
 
@@ -214,6 +217,8 @@ class CoordinatorAction(_Model):
     partner_id: str | None = None
     reason: str | None = Field(default=None, max_length=1600)
     by: str | None = Field(default=None, max_length=64)
+    # How the service (or every open service) ended, when a coordinator closes it (ledger.record.SERVICE_OUTCOMES)
+    outcome: ServiceOutcome | None = None
 
 
 class ActionOutcome(_Model):
@@ -247,6 +252,7 @@ class Attempt(_Model):
     outcome: Literal["accepted", "declined", "timed_out", "withdrawn", "reassigned"] | None = None
     replied_at: datetime | None = None
     reason: str | None = None
+    decline_code: DeclineCode | None = None  # ledger.record.DECLINE_CODES; only on a decline
     # The partner was closed when offered: the reminder and deadline count from this opening.
     opens_at: datetime | None = None
 
@@ -288,6 +294,7 @@ class ServiceStatus(_Model):
     follow_ups: list[FollowUp] = Field(default_factory=list)
     issues_reported: int = 0
     completed_at: datetime | None = None
+    outcome: ServiceOutcome | None = Field(default=None, description="how the service ended (ledger.record.SERVICE_OUTCOMES); None while open")
     skipped: list[SkippedPartner] = Field(default_factory=list, description="partners the matching passed over: full, or closed for an emergency")
 
 

@@ -173,6 +173,7 @@ class TimelineEvent:
     highlight: bool = False  # something went wrong: a refusal, a silence, no partner left
     future: bool = False  # awaited, not happened yet
     reason: str | None = None  # a decline's reason in the partner's words, or "unreachable"
+    decline_code: int | None = None  # a decline's reason code (ledger.record.DECLINE_CODES)
 
 
 def outcome_at(a: Attempt) -> datetime:
@@ -198,7 +199,7 @@ def service_timeline(s: ServiceStatus) -> list[TimelineEvent]:
             events.append(TimelineEvent(a.remind_at, "reminder", p))
         if a.outcome:
             highlight = a.outcome in ("timed_out", "declined")
-            events.append(TimelineEvent(outcome_at(a), a.outcome, p, highlight=highlight, reason=a.reason))
+            events.append(TimelineEvent(outcome_at(a), a.outcome, p, highlight=highlight, reason=a.reason, decline_code=a.decline_code))
         elif s.stage != "closed":
             events.append(TimelineEvent(a.deadline, "awaiting", p, future=True))
     if s.accepted_at and s.assigned_by_coordinator and s.partner_id:

@@ -24,6 +24,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.referral_activities import ReferralActivities
+    from ledger.record import ServiceOutcome
     from workflows import projection, schedules, status_memo, update_rules
     from workflows import search_attributes as sa
     from workflows.continuation import REFLECTION, Continuation
@@ -79,6 +80,7 @@ class ReferralWorkflow(Continuation, ServiceLadder):
         }
         self._policy: EscalationPolicy | None = None
         self._closing: str | None = None  # closed | cancelled | consent_withdrawn
+        self._closing_outcome: ServiceOutcome | None = None  # for the services still open when it closes
         self._closed_reason: str | None = None
         self._closed_at: datetime | None = None
         self._channel_problems: list[ChannelProblem] = []
@@ -133,6 +135,8 @@ class ReferralWorkflow(Continuation, ServiceLadder):
         self._closed_at = workflow.now()
         for run in self._services.values():
             run.status.stage = "closed"
+            if run.status.outcome is None:
+                run.status.outcome = self._closing_outcome
         self._publish()
         self._log("referral closed", reason=self._closed_reason)
         self._notices.to_coordinator(
@@ -215,6 +219,7 @@ class ReferralWorkflow(Continuation, ServiceLadder):
                 attempt.outcome = "accepted" if action == "accept" else "declined"
                 attempt.replied_at = now
                 attempt.reason = reply.reason if action == "decline" else None
+                attempt.decline_code = reply.decline_code if action == "decline" else None
                 self._log(f"offer {attempt.outcome}", service=run.status.service, partner=reply.partner_id)
                 if action == "accept":
                     waited = (now - self._started_at).total_seconds()
@@ -229,6 +234,7 @@ class ReferralWorkflow(Continuation, ServiceLadder):
                 if action == "done":
                     run.done = True
                     run.status.completed_at = now
+                    run.status.outcome = "delivered"
                 elif action == "issue":
                     run.status.issues_reported += 1
                     # The partner's text stays in the (encrypted) history, never in an email.
@@ -290,9 +296,15 @@ class ReferralWorkflow(Continuation, ServiceLadder):
         elif action.action == "close" and action.service:
             run = self._services[action.service]
             run.done = True
+            run.status.outcome = action.outcome
             await workflow.wait_condition(lambda: run.status.stage == "closed")
         else:
             self._closing = {"close": "closed", "cancel": "cancelled", "withdraw_consent": "consent_withdrawn"}[action.action]
+            # What became of the services still open: the coordinator's outcome; a withdrawal of
+            # consent is the person declining them.
+            self._closing_outcome = action.outcome or (
+                update_rules.CONSENT_WITHDRAWN_OUTCOME if action.action == "withdraw_consent" else None
+            )
             self._cancel_pending_messages()
             await workflow.wait_condition(lambda: self._closed_at is not None)
         return ActionOutcome(code=self._code, action=action.action, stage=self._stage())

@@ -62,7 +62,7 @@ _SHORT = {
     "issues_reported": "is", "completed_at": "co", "last_alert_at": "la", "last_alerted": "lw", "next_alert_at": "na",
     # Attempt
     "offered_at": "o", "remind_at": "rm", "deadline": "d", "reminded": "re", "outcome": "x",
-    "replied_at": "ra", "reason": "why",
+    "replied_at": "ra", "reason": "why", "decline_code": "dc",
     # FollowUp
     "number": "k", "due_at": "du", "sent_at": "se", "answer_by": "ab", "answer": "an", "answered_at": "aa",
     # ChannelProblem

@@ -4,6 +4,12 @@ ReferralWorkflow's update validators, pure over the services' statuses.
 A refusal is an `ApplicationError` whose type is one of `models.REJECTION_TYPES` and whose
 message names the referral (`ref`, e.g. "R-12345") but nothing about the person. `done` names
 the services completed or closed by hand whose loop may not have marked them so yet.
+
+The outcome codes (ledger.record) go with one action each: a `decline_code` only with a decline;
+an `outcome` only when a coordinator ends services: `close` (one service or the referral) and
+`cancel`; a withdrawal of consent is the person declining, so it takes no other outcome. Both
+are optional here, so clients from before the codes still work; the CLI, API and pages ask for
+an outcome on `close`.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Collection, Sequence
 
 from temporalio.exceptions import ApplicationError
 
+from ledger.record import ServiceOutcome
 from workflows.models import (
     COORDINATOR_ACTIONS,
     PARTNER_ACTIONS,
@@ -22,9 +29,33 @@ from workflows.models import (
 )
 from workflows.projection import open_checkin, passed_over, pending_attempt
 
+# The coordinator's actions that end services and may say how (ledger.record.SERVICE_OUTCOMES).
+OUTCOME_ACTIONS = ("close", "cancel")
+# What a withdrawal of consent makes of the services still open.
+CONSENT_WITHDRAWN_OUTCOME: ServiceOutcome = "person_declined"
+
 
 def reject(kind: RejectionKind, message: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def misplaced_decline_code(action: str, decline_code: int | None) -> str | None:
+    """Why a reply's decline_code does not go with its action (naming the field), or None."""
+    action = action.lower()
+    if decline_code is not None and action != "decline":
+        return f"decline_code: only with decline, not {action}"
+    return None
+
+
+def misplaced_outcome(action: str, outcome: str | None) -> str | None:
+    """Why a coordinator's outcome does not go with the action (naming the field), or None."""
+    if outcome is None or action in OUTCOME_ACTIONS:
+        return None
+    if action != "withdraw_consent":
+        return f"outcome: only with {' or '.join(OUTCOME_ACTIONS)}, not {action}"
+    if outcome != CONSENT_WITHDRAWN_OUTCOME:
+        return f"outcome: a withdrawal of consent is {CONSENT_WITHDRAWN_OUTCOME}, not {outcome}"
+    return None
 
 
 def _offered_now(s: ServiceStatus, partner_id: str) -> bool:
@@ -39,6 +70,8 @@ def reply_targets(
     action = reply.action.lower()
     if action not in PARTNER_ACTIONS:
         raise reject("unknown_action", f"unknown command {reply.action!r}")
+    if problem := misplaced_decline_code(action, reply.decline_code):
+        raise reject("invalid", problem)
     if closed:
         raise reject("referral_closed", f"{ref} is closed")
     named = [s for s in services if reply.service is None or s.service == reply.service]
@@ -74,6 +107,8 @@ def check_coordinator_action(
     """Raises the reason a coordinator's action does not apply."""
     if action.action not in COORDINATOR_ACTIONS:
         raise reject("unknown_action", f"unknown action {action.action!r}; expected one of {', '.join(COORDINATOR_ACTIONS)}")
+    if problem := misplaced_outcome(action.action, action.outcome):
+        raise reject("invalid", problem)
     if closed:
         raise reject("referral_closed", f"{ref} is closed")
     if action.action == "assign" and not action.partner_id:

@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from starter import referrals
-from tests.cases import EXAMPLES, PHONE, PSEUDONYM, adult_case
+from tests.cases import EXAMPLES, PHONE, PSEUDONYM, adult_case, adult_intake
 from tests.conftest import running_worker, wait_for
 
 REFERRAL = str(Path(sys.executable).parent / "referral")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -28,6 +29,7 @@ def cli_env(dev_env, settings, task_queue: str = "referrals") -> dict[str, str]:
         TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
         REFERRAL_TASK_QUEUE=task_queue,
         REFERRAL_DATA_DIR=str(settings.referral_data_dir),
+        PYTHONPATH=str(ROOT),  # this checkout's code, whatever the venv's editable install points at
     )
     return env
 
@@ -73,6 +75,45 @@ async def test_start_twice_with_one_external_ref_gives_one_workflow(dev_env, mak
         cancelled = await cli(env, "cancel", a["code"], "--reason", "test")
         assert cancelled.returncode == 0 and "closed" in cancelled.stdout, cancelled.stderr
         assert service
+
+
+async def test_close_takes_an_outcome_and_a_decline_its_code(dev_env, make_settings):
+    settings = make_settings()
+    async with running_worker(dev_env.client, settings) as tq:
+        env = cli_env(dev_env, settings, tq)
+        started = await referrals.start_referral(dev_env.client, adult_intake(needs=["shelter", "medical"]), tq)
+        code = started.code
+
+        async def offered(service: str):
+            st = await referrals.get_status(dev_env.client, code)
+            s = next(s for s in st.services if s.service == service)
+            return s.partner_id if s.stage == "awaiting_acceptance" else None
+
+        first = await wait_for(lambda: offered("shelter"))
+        wrong = await cli(env, "respond", code, "--partner", first, "accept", "--decline-code", "1")
+        assert wrong.returncode == 2 and "decline_code: only with decline" in wrong.stderr, wrong.stderr
+        unknown = await cli(env, "respond", code, "--partner", first, "decline", "--decline-code", "5")
+        assert unknown.returncode == 2 and "--decline-code" in unknown.stderr
+        declined = await cli(env, "respond", code, "--partner", first, "decline", "--decline-code", "2", "--reason", "pas ce service")
+        assert declined.returncode == 0 and "declined" in declined.stdout, declined.stderr
+
+        # `close` asks how the service ended; `cancel` and `withdraw-consent` do not.
+        missing = await cli(env, "close", code, "--service", "medical")
+        assert missing.returncode == 2 and "--outcome" in missing.stderr
+        bad = await cli(env, "close", code, "--service", "medical", "--outcome", "finished")
+        assert bad.returncode == 2 and "--outcome" in bad.stderr
+        one = await cli(env, "close", code, "--service", "medical", "--outcome", "transferred")
+        assert one.returncode == 0, one.stderr
+        whole = await cli(env, "close", code, "--outcome", "not_needed", "--reason", "test")
+        assert whole.returncode == 0 and "closed" in whole.stdout, whole.stderr
+
+        status = await referrals.get_status(dev_env.client, code)
+        shelter, medical = (next(s for s in status.services if s.service == name) for name in ("shelter", "medical"))
+        assert (shelter.attempts[0].outcome, shelter.attempts[0].decline_code) == ("declined", 2)
+        assert (medical.outcome, shelter.outcome, status.closed_reason) == ("transferred", "not_needed", "closed")
+        shown = json.loads((await cli(env, "status", code)).stdout)
+        assert [s["outcome"] for s in shown["services"]] == ["not_needed", "transferred"]
+        assert shown["services"][0]["attempts"][0]["decline_code"] == 2
 
 
 async def test_bad_input_and_unknown_codes_exit_2_with_one_line(dev_env, make_settings, tmp_path):

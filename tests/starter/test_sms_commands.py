@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from starter.sms_capacity import CapacityCommand
@@ -42,8 +42,14 @@ CODE_FORMS = [
 FORBIDDEN = "01258BILOSZ"
 
 
-def cmd(action: str, code: str | None = None, text: str | None = None) -> SmsCommand:
-    return SmsCommand(action, code, text)  # type: ignore[arg-type]
+# The reason codes of a decline (product brief, "SMS grammar"), written here rather than imported.
+DECLINE_CODES = (1, 2, 3, 4, 9)
+
+
+def cmd(
+    action: str, code: str | None = None, text: str | None = None, decline_code: int | None = None, unknown: bool = False
+) -> SmsCommand:
+    return SmsCommand(action, code, text, decline_code, unknown)  # type: ignore[arg-type]
 
 
 # --- codes ---------------------------------------------------------------------------------
@@ -339,6 +345,10 @@ def check_invariants(result: SmsCommand | CapacityCommand) -> None:
         assert result.action in ("decline", "issue")
     if result.action == "unknown":
         assert result.code is None and result.text is None
+    if result.decline_code is not None:
+        assert result.action == "decline" and result.decline_code in DECLINE_CODES
+    if result.unknown_decline_code:
+        assert result.action == "decline" and result.decline_code is None
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -433,8 +443,11 @@ def test_reason_follows_the_code(data, code, keyword_action, words, gaps) -> Non
     reason = gaps.join(words)
     after_code = data.draw(st.sampled_from([" ", ": ", " - ", "\n"]))
     body = keyword + " " + data.draw(written_code(code)) + after_code + reason
-    expected = " ".join(reason.split())[:MAX_TEXT_LENGTH].rstrip()
-    assert parse_sms(body) == cmd(action, code, expected), body
+    decline_code = None
+    if action == "decline" and words[0] == "٣":  # a number first: the decline's reason code
+        decline_code, reason = 3, gaps.join(words[1:])
+    expected = " ".join(reason.split())[:MAX_TEXT_LENGTH].rstrip() or None
+    assert parse_sms(body) == cmd(action, code, expected, decline_code), body
 
 
 # Letters that cannot spell any keyword (nor, in Arabic, any part of one).
@@ -471,3 +484,102 @@ def test_normalise_code_round_trip(data, code: str) -> None:
     padded = data.draw(st.text(st.sampled_from(SPACES + MARKS + "()."), max_size=3)) + written
     assert normalise_code(padded) == code
     assert normalise_code(code + data.draw(st.sampled_from(FORBIDDEN))) is None
+
+
+# --- decline reason codes: `D CODE n [reason]` ---------------------------------------------
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        # English, French, Arabic keywords; the number right after the code
+        ("D 7K3Q9 1", cmd("decline", CODE, None, 1)),
+        ("D 7K3Q9 1 no beds tonight", cmd("decline", CODE, "no beds tonight", 1)),
+        ("DECLINE R-7K3Q9 2", cmd("decline", CODE, None, 2)),
+        ("decline r-7k3q9: 3 - too far", cmd("decline", CODE, "too far", 3)),
+        ("NON 7K3Q9 4 pas de personnel féminin", cmd("decline", CODE, "pas de personnel féminin", 4)),
+        ("REFUSE 7K3Q9 9 autre raison", cmd("decline", CODE, "autre raison", 9)),
+        ("refusé 7k3q9 (1) complet", cmd("decline", CODE, "complet", 1)),
+        ("لا 7K3Q9 ٣", cmd("decline", CODE, None, 3)),
+        ("لا 7K3Q9 3 خارج المنطقة", cmd("decline", CODE, "خارج المنطقة", 3)),
+        ("لا7K3Q9 ۴ لا يمكن", cmd("decline", CODE, "لا يمكن", 4)),  # Extended Arabic-Indic
+        ("D 7K3Q9 ９", cmd("decline", CODE, None, 9)),  # full-width
+        ("D 7K3Q9 #1", cmd("decline", CODE, None, 1)),
+        ("D 7K3Q9 01", cmd("decline", CODE, None, 1)),
+        ("D sorry R-7K3Q9 2 no", cmd("decline", CODE, "sorry no", 2)),
+        # without a referral code: the sender's only pending item
+        ("D 1", cmd("decline", None, None, 1)),
+        ("NON 2 pas ce service", cmd("decline", None, "pas ce service", 2)),
+        ("لا ٤", cmd("decline", None, None, 4)),
+        ("لا1", cmd("decline", None, None, 1)),
+        # a number that is not a reason code: flagged, so the webhook answers with the codes
+        ("D 7K3Q9 5", cmd("decline", CODE, None, None, True)),
+        ("D 7K3Q9 0 beds", cmd("decline", CODE, "beds", None, True)),
+        ("NON 7K3Q9 12", cmd("decline", CODE, None, None, True)),
+        ("لا 7K3Q9 ٧", cmd("decline", CODE, None, None, True)),
+        ("D 7K3Q9 0612345678", cmd("decline", CODE, None, None, True)),
+        ("D 12", cmd("decline", None, None, None, True)),
+        # a time, a quantity or a word with digits is free text, not a code
+        ("D 7K3Q9 10h30 full", cmd("decline", CODE, "10h30 full")),
+        ("D 7K3Q9 10:30 full", cmd("decline", CODE, "10:30 full")),
+        ("D 7K3Q9 3.5 km", cmd("decline", CODE, "3.5 km")),
+        ("D 7K3Q9 12/05", cmd("decline", CODE, "12/05")),
+        ("D 7K3Q9 2beds", cmd("decline", CODE, "2beds")),
+        ("D 7K3Q9 no beds 1", cmd("decline", CODE, "no beds 1")),  # not first: text
+        # a decline without a number stays valid, without a code
+        ("D 7K3Q9 no beds", cmd("decline", CODE, "no beds")),
+        # numbers are reason codes for declines only
+        ("ISSUE 7K3Q9 3 people waiting", cmd("issue", CODE, "3 people waiting")),
+        ("A 7K3Q9 1", cmd("accept", CODE)),
+        ("DONE 7K3Q9 1", cmd("done", CODE)),
+    ],
+)
+def test_decline_reason_codes(body: str, expected: SmsCommand) -> None:
+    assert parse_sms(body) == expected
+
+
+WRITTEN_DIGITS = {
+    "ascii": str.maketrans("", ""),
+    "arabic-indic": ARABIC_INDIC,
+    "extended": str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹"),
+    "full-width": str.maketrans("0123456789", "０１２３４５６７８９"),
+}
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    data=st.data(),
+    code=codes,
+    keyword=st.sampled_from(DECLINE_WORDS),
+    number=st.one_of(st.sampled_from(DECLINE_CODES), st.integers(0, 999)),
+    digits=st.sampled_from(sorted(WRITTEN_DIGITS)),
+    words=st.lists(reason_words, max_size=20),
+)
+def test_decline_code_and_reason_in_any_dress(data, code, keyword, number, digits, words) -> None:
+    """`D CODE n [reason]` in the three languages' keywords: n is the code when it is one of the
+    list, flagged otherwise; what follows n stays the free text."""
+    reason = " ".join(words)
+    written = str(number).translate(WRITTEN_DIGITS[digits])
+    between = data.draw(st.sampled_from([" ", ": ", " - ", "\n", " #", " (", "  "]))
+    after = data.draw(st.sampled_from([" ", ") ", " - ", "\n"]))
+    body = (
+        randomly_cased(data.draw, keyword)
+        + data.draw(separator(required=keyword != "لا", apostrophes=keyword != "D"))
+        + data.draw(written_code(code))
+        + between
+        + written
+        + (after + reason if reason else data.draw(st.sampled_from(["", ".", " !", ")"])))
+    )
+    expected_text = " ".join(reason.split())[:MAX_TEXT_LENGTH].rstrip() or None
+    valid = number in DECLINE_CODES
+    result = parse_sms(body)
+    assert result == cmd("decline", code, expected_text, number if valid else None, not valid), body
+    check_invariants(result)
+
+
+@settings(max_examples=300, deadline=None)
+@given(code=codes, keyword=st.sampled_from(DECLINE_WORDS), words=st.lists(reason_words, min_size=1, max_size=20))
+def test_a_decline_without_a_number_has_no_code(code, keyword, words) -> None:
+    """A reason that does not start with a number is text only: decline_code None, no flag."""
+    assume(not words[0].translate(ARABIC_INDIC).isdigit() and words[0] != "٣")
+    body = f"{keyword} {code} " + " ".join(words)
+    result = parse_sms(body)
+    assert (result.action, result.code, result.decline_code, result.unknown_decline_code) == ("decline", code, None, False)

@@ -338,20 +338,58 @@ async def test_assign_checks_the_directory(api):
 
 async def test_close_a_service_then_cancel_then_refused(api):
     code = await api.start(needs=["shelter", "legal"])
-    r = await api.http.post(f"/api/referrals/{code}/close", json={"service": "legal", "by": "coord-cas"})
+    r = await api.http.post(f"/api/referrals/{code}/close", json={"service": "legal", "by": "coord-cas", "outcome": "transferred"})
     assert r.status_code == 200, r.text
     status = await referrals.get_status(api.client, code)
     assert [s.service for s in status.services] == ["shelter", "legal"]
     assert status.services[1].stage == "closed" and status.services[0].stage != "closed"
+    assert (status.services[1].outcome, status.services[0].outcome) == ("transferred", None)
 
     r = await api.http.post(f"/api/referrals/{code}/cancel")  # no body at all
     assert r.status_code == 200, r.text
     assert r.json() == {"code": code, "action": "cancel", "stage": "closed"}
-    assert (await referrals.get_status(api.client, code)).closed_reason == "cancelled"
+    status = await referrals.get_status(api.client, code)
+    assert status.closed_reason == "cancelled"
+    assert [s.outcome for s in status.services] == [None, "transferred"]  # a cancel without outcome says none
 
-    r = await api.http.post(f"/api/referrals/{code}/close", json={})
+    r = await api.http.post(f"/api/referrals/{code}/close", json={"outcome": "other"})
     assert r.status_code == 409
     assert r.json()["kind"] == "referral_closed"
+
+
+async def test_close_requires_an_outcome_and_cancel_takes_one(api):
+    code = await api.start(needs=["shelter"])
+    for body in (None, {}, {"reason": "duplicate"}, {"outcome": "finished"}, {"outcome": None}):
+        r = await api.http.post(f"/api/referrals/{code}/close", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == (["(body)"] if body is None else ["outcome"]), r.text
+    assert (await referrals.get_status(api.client, code)).stage != "closed"
+    r = await api.http.post(f"/api/referrals/{code}/cancel", json={"outcome": "not_needed", "reason": "found a place"})
+    assert r.status_code == 200, r.text
+    status = await referrals.get_status(api.client, code)
+    assert (status.closed_reason, status.services[0].outcome) == ("cancelled", "not_needed")
+    r = await api.http.post(f"/api/referrals/{code}/withdraw-consent", json={"outcome": "person_declined"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "outcome"  # implied: not a field
+
+
+async def test_a_decline_code_through_the_api(api):
+    code = await api.start(needs=["shelter"])
+    await wait_for(lambda: _awaiting(api, code, "cas-assoc"))
+    url = f"/api/referrals/{code}/replies"
+    for body, field_name in (
+        ({"partner_id": "cas-assoc", "action": "accept", "decline_code": 1}, "decline_code"),
+        ({"partner_id": "cas-assoc", "action": "decline", "decline_code": 5}, "decline_code"),
+        ({"partner_id": "cas-assoc", "action": "decline", "decline_code": "1 no beds"}, "decline_code"),
+    ):
+        r = await api.http.post(url, json=body)
+        assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == [field_name], r.text
+        assert "no beds" not in r.text
+    r = await api.http.post(url, json={"partner_id": "cas-assoc", "action": "decline", "decline_code": 3, "reason": "too far"})
+    assert r.status_code == 200 and r.json()["outcome"] == "declined", r.text
+    first = (await referrals.get_status(api.client, code)).services[0].attempts[0]
+    assert (first.outcome, first.decline_code, first.reason) == ("declined", 3, "too far")
+    r = await api.http.get(f"/api/referrals/{code}")
+    assert r.json()["services"][0]["attempts"][0]["decline_code"] == 3
 
 
 async def test_close_and_withdraw_consent(api):
@@ -359,14 +397,16 @@ async def test_close_and_withdraw_consent(api):
     r = await api.http.post(f"/api/referrals/{code}/withdraw-consent", json={"reason": "the person asked", "by": "coord-cas"})
     assert r.status_code == 200, r.text
     assert r.json()["stage"] == "closed"
-    assert (await referrals.get_status(api.client, code)).closed_reason == "consent_withdrawn"
+    status = await referrals.get_status(api.client, code)
+    assert status.closed_reason == "consent_withdrawn" and status.services[0].outcome == "person_declined"
 
     other = await api.start(needs=["shelter"])
-    r = await api.http.post(f"/api/referrals/{other}/close", json={"reason": "duplicate"})
+    r = await api.http.post(f"/api/referrals/{other}/close", json={"reason": "duplicate", "outcome": "not_needed"})
     assert r.status_code == 200
-    assert (await referrals.get_status(api.client, other)).closed_reason == "closed"
+    status = await referrals.get_status(api.client, other)
+    assert status.closed_reason == "closed" and status.services[0].outcome == "not_needed"
 
-    r = await api.http.post(f"/api/referrals/{other}/close", json={"nonsense": 1})
+    r = await api.http.post(f"/api/referrals/{other}/close", json={"nonsense": 1, "outcome": "other"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "nonsense"
 
 

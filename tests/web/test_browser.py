@@ -184,7 +184,18 @@ async def test_log_in_fill_in_french_submit_and_follow_the_referral(browser, sit
         await page.wait_for_url(f"**/referrals/{code}?existing=1")
         assert "avait déjà été enregistrée" in await page.text_content("#existing-note")
 
-        # A coordinator action from the page: cancel, with the confirmation box
+        # Closing a service asks how it ended: the browser does not send the form without it
+        await page.goto(f"{site.url}/referrals/{code}")
+        close_legal = page.locator("#service-legal form.close-service button")
+        await close_legal.click()
+        assert not await page.evaluate("document.querySelector('#outcome-choice-legal').validity.valid")
+        assert page.url == f"{site.url}/referrals/{code}"
+        await page.select_option("#outcome-choice-legal", "not_needed")
+        await close_legal.click()
+        await page.wait_for_url(f"**/referrals/{code}?done=close_service")
+        assert (await page.text_content("#outcome-legal")).strip() == "plus nécessaire"
+
+        # A coordinator action from the page: cancel, with the confirmation box (no outcome needed)
         await page.goto(f"{site.url}/referrals/{code}")
         await page.check("#f-confirm")
         await page.click("button[value=cancel]")

@@ -34,6 +34,7 @@ from web import i18n, rendering, security, session_store
 from web.app import create_app
 from web.routes import intake_form, referral_pages
 from workflows.intake import INDICATORS, REGIONS, SERVICES
+from workflows.models import CoordinatorAction, PartnerReply
 from workflows.projection import TimelineKind
 
 PASSWORD = "correct horse battery staple"
@@ -581,11 +582,22 @@ async def test_start_follow_and_act_on_a_referral(dev_env, make_settings, smtp) 
             page = await http.get(f"/referrals/{code}?rejected=already_applied")
             assert "ce partenaire a déjà ce service" in unescape(page.text)
 
-            # Close one service
-            assert await act(action="close", service="medical") == f"/referrals/{code}?done=close_service"
+            # Close one service, saying how it ended (a required choice, in the page's language)
+            assert '<select id="outcome-choice-medical" name="outcome" required>' in page.text
+            assert '<option value="transferred">orientée ailleurs</option>' in unescape(page.text)
+            for missing in ({}, {"outcome": "finished"}):
+                assert await act(action="close", service="medical", **missing) == f"/referrals/{code}?rejected=outcome"
+            assert "indiquez comment le service s'est terminé" in unescape((await http.get(f"/referrals/{code}?rejected=outcome")).text)
+            assert next(s for s in (await referrals.get_status(dev_env.client, code)).services if s.service == "medical").stage != "closed"
+            assert await act(action="close", service="medical", outcome="transferred") == f"/referrals/{code}?done=close_service"
             status = await referrals.get_status(dev_env.client, code)
-            assert next(s for s in status.services if s.service == "medical").stage == "closed"
-            assert await act(action="close", service="medical") == f"/referrals/{code}?rejected=not_applicable"
+            medical = next(s for s in status.services if s.service == "medical")
+            assert medical.stage == "closed" and medical.outcome == "transferred"
+            assert await act(action="close", service="medical", outcome="transferred") == f"/referrals/{code}?rejected=not_applicable"
+            # (French last: the language chosen is kept in a cookie for the pages that follow)
+            for lang, words in (("en", "transferred elsewhere"), ("ar", "أحيل إلى جهة أخرى"), ("fr", "orientée ailleurs")):
+                shown = unescape((await http.get(f"/referrals/{code}?lang={lang}")).text)
+                assert f'id="outcome-medical" data-outcome="transferred">{words}</dd>' in shown, lang
 
             # Actions need the CSRF token: nothing changes without it
             for bad in ({}, {"csrf": "wrong"}):
@@ -596,10 +608,14 @@ async def test_start_follow_and_act_on_a_referral(dev_env, make_settings, smtp) 
             # Stopping the whole referral needs the confirmation box
             assert await act(action="cancel") == f"/referrals/{code}?rejected=confirm"
             assert await act(action="launch") == f"/referrals/{code}?rejected=unknown_action"
+            # Stopping the whole referral: close needs its outcome, cancel takes one if given
+            assert await act(action="close", confirm="yes") == f"/referrals/{code}?rejected=outcome"
+            assert await act(action="cancel", confirm="yes", outcome="finished") == f"/referrals/{code}?rejected=outcome"
             assert await act(action="cancel", confirm="yes", reason="duplicate of another case") == f"/referrals/{code}?done=cancel"
             status = await referrals.get_status(dev_env.client, code)
             assert status.stage == "closed" and status.closed_reason == "cancelled"
-            assert await act(action="close", confirm="yes") == f"/referrals/{code}?rejected=referral_closed"
+            assert [s.outcome for s in status.services if s.service != "medical"] == [None, None]
+            assert await act(action="close", confirm="yes", outcome="other") == f"/referrals/{code}?rejected=referral_closed"
             page = await http.get(f"/referrals/{code}")
             assert "Cette orientation est clôturée" in unescape(page.text)
             assert 'name="partner_id"' not in page.text
@@ -622,15 +638,47 @@ async def test_withdraw_consent_and_the_list(dev_env, make_settings, smtp) -> No
             await wait_for(listed)
             assert (await http.get(f"/referrals?code=r-{code.lower()}")).headers["location"] == f"/referrals/{code}"
             page = await http.get(f"/referrals/{code}")
+            # The form's outcome choice goes with close or cancel only: a withdrawal of consent is
+            # the person declining, whatever was chosen (the buttons skip the required choice).
+            assert 'value="withdraw_consent" class="danger" formnovalidate' in page.text
             response = await http.post(
                 f"/referrals/{code}/actions",
-                data={"csrf": csrf_of(page.text), "action": "withdraw_consent", "confirm": "yes"},
+                data={"csrf": csrf_of(page.text), "action": "withdraw_consent", "confirm": "yes", "outcome": "delivered"},
             )
             assert response.headers["location"] == f"/referrals/{code}?done=withdraw_consent"
             status = await referrals.get_status(dev_env.client, code)
-            assert status.closed_reason == "consent_withdrawn"
+            assert status.closed_reason == "consent_withdrawn" and status.services[0].outcome == "person_declined"
             page = await http.get(f"/referrals/{code}?lang=ar")
-            assert 'dir="rtl"' in page.text and "سحب الموافقة" in page.text
+            assert 'dir="rtl"' in page.text and "سحب الموافقة" in page.text and "رفض الشخص" in page.text
+
+
+async def test_the_page_shows_each_decline_code_and_outcome_in_three_languages(dev_env, make_settings, smtp) -> None:
+    base = web_settings(make_settings)
+    async with running_worker(dev_env.client, base) as tq:
+        settings = base.model_copy(update={"referral_task_queue": tq})
+        code = (await referrals.start_referral(dev_env.client, adult_intake(needs=["shelter", "legal"]), tq)).code
+        first = await wait_for(lambda: _offered_to(dev_env.client, code, "shelter"))
+        await referrals.partner_reply(dev_env.client, code, PartnerReply(partner_id=first, action="decline", decline_code=2))
+        await wait_for(lambda: _status_when(dev_env.client, code, lambda s: len(s.services[0].attempts) > 1))
+        await referrals.coordinator_action(dev_env.client, code, CoordinatorAction(action="close", service="legal", outcome="not_needed"))
+        async with browser_like(settings, dev_env.client) as http:
+            await log_in(http)
+            for lang, declined, outcome in (
+                ("en", "Reason code: 2 · not a service we offer", "no longer needed"),
+                ("ar", "رمز السبب: \u20682 · خدمة لا نقدمها\u2069", "لم تعد ضرورية"),
+                ("fr", "Code du motif : 2 · service que nous n'offrons pas", "plus nécessaire"),
+            ):
+                page = unescape((await http.get(f"/referrals/{code}?lang={lang}")).text)
+                assert f'data-decline-code="2">{declined}</span>' in page, lang
+                assert f'id="outcome-legal" data-outcome="not_needed">{outcome}</dd>' in page, lang
+                assert 'id="outcome-shelter"' not in page  # still open: no outcome yet
+        await referrals.coordinator_action(dev_env.client, code, CoordinatorAction(action="cancel"))
+
+
+async def _offered_to(client, code: str, service: str) -> str | None:
+    status = await referrals.get_status(client, code)
+    s = next(s for s in status.services if s.service == service)
+    return s.partner_id if s.stage == "awaiting_acceptance" else None
 
 
 async def test_unknown_and_malformed_codes_are_not_found(dev_env, make_settings) -> None:

@@ -33,6 +33,7 @@ from temporalio.service import RPCError
 from activities.directory import load_directory
 from config.settings import Settings
 from ledger import migrate
+from ledger.record import DECLINE_CODES, SERVICE_OUTCOMES
 from starter import referrals
 from web.app import create_app
 from web.methods import METHODS
@@ -224,7 +225,7 @@ def test_the_document_declares_the_constraints(doc):
     paths = doc["paths"]
     code = next(p for p in paths["/api/referrals/{code}"]["get"]["parameters"] if p["name"] == "code")
     assert code["schema"]["pattern"] == referrals.CODE_PATTERN
-    for name in ("Intake", "IdentifiedBy", "Person", "Consent", "AssignBody", "CloseBody", "ActionBody", "ReplyBody"):
+    for name in ("Intake", "IdentifiedBy", "Person", "Consent", "AssignBody", "CloseBody", "CancelBody", "ActionBody", "ReplyBody"):
         assert _component(doc, name)["additionalProperties"] is False, name
     intake = _component(doc, "Intake")
     assert set(intake["required"]) == {"external_ref", "identified_by", "identified_at", "sector", "person", "consent"}
@@ -248,6 +249,15 @@ def test_the_document_declares_the_constraints(doc):
     assert key["schema"] == {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[A-Za-z0-9._:-]+$", "title": "Idempotency-Key"}
     rejection = _component(doc, "Rejection")["properties"]["kind"]
     assert "not_offered" in rejection["enum"] and "already_applied" not in rejection["enum"]
+    # The outcome codes: required to close, optional to cancel, a decline's code only with decline.
+    close = _component(doc, "CloseBody")
+    assert close["required"] == ["outcome"] and close["properties"]["outcome"]["enum"] == list(SERVICE_OUTCOMES)
+    assert paths["/api/referrals/{code}/close"]["post"]["requestBody"]["required"] is True
+    assert _component(doc, "CancelBody")["properties"]["outcome"]["anyOf"][0]["enum"] == list(SERVICE_OUTCOMES)
+    assert "outcome" not in _component(doc, "ActionBody")["properties"]  # withdrawal of consent: implied
+    reply = _component(doc, "ReplyBody")
+    assert reply["properties"]["decline_code"]["anyOf"][0]["enum"] == sorted(DECLINE_CODES)
+    assert reply["then"] == {"properties": {"decline_code": {"type": "null"}}}
 
 
 @settings(max_examples=200, derandomize=True, database=None)

@@ -231,6 +231,28 @@ async def test_decline_from_the_page(site, smtp):
     await finish(site, code)
 
 
+async def test_decline_from_the_page_with_a_reason_code(site, smtp):
+    code = await start(site, "shelter")
+    link = await wait_for(lambda: emailed_link(smtp, "cas-assoc", code))
+    page = await site.http.get(link + "?lang=en")
+    # The same codes as the SMS grammar, worded in the page's language; the page asks for one.
+    assert '<select name="decline_code" required>' in page.text
+    for n, words in ((1, "no capacity"), (2, "not a service we offer"), (3, "outside our area"), (4, "cannot take this person"), (9, "other")):
+        assert f'<option value="{n}">{n} · {words}' in page.text
+    arabic = await site.http.get(link + "?lang=ar")
+    assert '<option value="3">3 · خارج منطقتنا' in arabic.text
+    data = {"csrf": nonce(page), "service": "shelter", "lang": "en", "reason": "only women's shelter"}
+    for bad in ("5", "0", "one", "1 2"):
+        refused = await site.http.post(f"{link}/decline", data={**data, "decline_code": bad})
+        assert refused.headers["Location"].endswith("result=invalid"), bad
+    assert (await referrals.get_status(site.client, code)).services[0].attempts[0].outcome is None
+    declined = await site.http.post(f"{link}/decline", data={**data, "decline_code": "4"})
+    assert declined.headers["Location"].endswith("result=declined")
+    attempt = (await referrals.get_status(site.client, code)).services[0].attempts[0]
+    assert (attempt.outcome, attempt.decline_code, attempt.reason) == ("declined", 4, "only women's shelter")
+    await finish(site, code)
+
+
 async def test_arabic_page_is_right_to_left(site, smtp):
     code = await start(site, "shelter")
     link = await wait_for(lambda: emailed_link(smtp, "cas-assoc", code))
@@ -343,6 +365,7 @@ def test_every_partner_page_text_in_three_languages():
         *(f"state.{s}" for s in ("offered", "held", "completed", "passed", "not_offered", "closed")),
         *(f"result.{r}" for r in ("accepted", "declined", "already_applied", "reassigned", "not_offered", "referral_closed", "not_applicable", "invalid")),
         *(f"sexes.{s}" for s in get_args(Person.model_fields["sex"].annotation)),
+        "decline_code", "decline_code_choose",
         "invalid_link", "expired_link", "csrf", "not_found", "unavailable", "none", "title", "footer",
     }
     for lang in LANGUAGES:

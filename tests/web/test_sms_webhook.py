@@ -235,6 +235,48 @@ async def test_decline_with_a_reason_moves_to_the_next_partner(dev_env, settings
         assert len((await h.status(code)).services[0].attempts) == 2
 
 
+async def test_a_decline_code_is_recorded_and_its_meaning_confirmed(dev_env, settings):
+    async with harness(dev_env, settings) as h:
+        french = await h.start()
+        arabic = await h.start(region="oriental")
+        await h.offered(french, "cas-assoc")
+        await h.offered(arabic, "ori-assoc")
+        text = await h.reply("cas-assoc", f"D {french} 1 pas de place ce soir")
+        assert f"R-{french}" in text and "refus enregistré" in text and "motif 1 pas de capacité" in text
+        assert "ce soir" not in text  # the partner's free text is never echoed
+        text = await h.reply("ori-assoc", f"لا {arabic} ٣")
+        assert f"R-{arabic}" in text and "السبب 3 خارج منطقتنا" in text
+        for code, decline_code, reason in ((french, 1, "pas de place ce soir"), (arabic, 3, None)):
+            first = (await h.status(code)).services[0].attempts[0]
+            assert (first.outcome, first.decline_code, first.reason) == ("declined", decline_code, reason)
+
+
+async def test_a_number_that_is_no_decline_code_lists_the_codes_and_records_nothing(dev_env, settings):
+    async with harness(dev_env, settings) as h:
+        code = await h.start()
+        await h.offered(code, "cas-assoc")
+        text = await h.reply("cas-assoc", f"D {code} 5 complet")
+        assert "non enregistrée" in text and f"D {code} 1" in text
+        assert all(f"{n} {word}" in text for n, word in ((1, "pas de capacité"), (2, "service que nous n'offrons pas"), (9, "autre")))
+        assert "complet" not in text
+        assert (await h.status(code)).services[0].attempts[0].outcome is None
+        assert await update_count(h, code) == 0
+        # The same decline without a number is a decline without a code.
+        assert "refus enregistré" in await h.reply("cas-assoc", f"D {code} complet")
+        first = (await h.status(code)).services[0].attempts[0]
+        assert (first.outcome, first.decline_code) == ("declined", None)
+
+
+async def test_help_lists_the_decline_codes_in_the_partners_language(dev_env, settings):
+    async with harness(dev_env, settings) as h:
+        english = await h.reply("nat-interp-solidaires", "HELP")
+        assert "D CODE [n]" in english and "1 no capacity" in english and "4 cannot take this person" in english and "9 other" in english
+        french = await h.reply("bmk-assoc", "AIDE")
+        assert "3 hors de notre zone" in french and "2 service que nous n'offrons pas" in french
+        arabic = await h.reply("lay-assoc", "مساعدة")
+        assert "1 لا توجد طاقة استيعابية" in arabic and "9 سبب آخر" in arabic
+
+
 async def test_follow_up_commands_and_their_refusals(dev_env, settings):
     async with harness(dev_env, settings) as h:
         code = await h.start()
@@ -274,6 +316,9 @@ async def test_without_a_code_and_two_open_referrals_lists_the_codes(dev_env, se
         assert f"R-{first}" in text and f"R-{second}" in text
         for code in (first, second):
             assert (await h.status(code)).services[0].attempts[0].outcome is None
+        # A decline's reason code is kept in the example to send again.
+        text = await h.reply("lay-assoc", "لا ٣")
+        assert f"D {first} 3" in text or f"D {second} 3" in text
         # HELP (in Arabic) lists the commands and the same codes.
         text = await h.reply("lay-assoc", "مساعدة")
         assert "STOP" in text and f"R-{first}" in text and f"R-{second}" in text

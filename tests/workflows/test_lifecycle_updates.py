@@ -237,3 +237,44 @@ async def test_same_external_ref_gives_one_referral_and_ids_hold_no_personal_dat
         for secret in (PSEUDONYM, PHONE, PHONE[4:], NOTES[:20], intake.external_ref):
             assert secret not in visible
         await close(client, first.code)
+
+
+async def test_decline_codes_and_outcomes_end_up_in_the_status(dev_env, make_settings):
+    """A decline with its reason code, a service delivered (DONE), one closed by the coordinator
+    with an outcome, and the update rules refusing a misplaced code: all in `get_status`."""
+    client = dev_env.client
+    settings = make_settings()
+    async with running_worker(client, settings) as tq:
+        started = await referrals.start_referral(client, adult_intake(needs=["shelter", "medical", "legal"]), tq)
+        code = started.code
+        first = await offered(client, code, "shelter")
+        before = await update_events(client, code)
+        with pytest.raises(referrals.ReferralRejected) as misplaced:
+            await referrals.partner_reply(client, code, PartnerReply(partner_id=first, action="accept", decline_code=1))
+        assert misplaced.value.kind == "invalid" and "decline_code" in str(misplaced.value)
+        with pytest.raises(referrals.ReferralRejected) as assign_outcome:
+            await referrals.coordinator_action(
+                client, code, CoordinatorAction(action="assign", service="legal", partner_id="nat-legal-barreau", outcome="delivered")
+            )
+        assert assign_outcome.value.kind == "invalid" and "outcome" in str(assign_outcome.value)
+        assert await update_events(client, code) == before  # refused by the validator: no trace
+
+        await referrals.partner_reply(client, code, PartnerReply(partner_id=first, action="decline", decline_code=1, reason="no beds"))
+        second = await wait_for(lambda: _second_offer(client, code))
+        await referrals.partner_reply(client, code, PartnerReply(partner_id=second, action="accept"))
+        await referrals.partner_reply(client, code, PartnerReply(partner_id=second, action="done"))
+        await referrals.coordinator_action(client, code, CoordinatorAction(action="close", service="medical", outcome="lost_contact"))
+        await referrals.coordinator_action(client, code, CoordinatorAction(action="close", outcome="transferred", by="coord-cas"))
+        await client.get_workflow_handle_for(ReferralWorkflow.run, referrals.workflow_id(code)).result()
+
+        status = await referrals.get_status(client, code)
+        by_service = {s.service: s for s in status.services}
+        declined = by_service["shelter"].attempts[0]
+        assert (declined.partner_id, declined.outcome, declined.decline_code, declined.reason) == (first, "declined", 1, "no beds")
+        assert by_service["shelter"].attempts[1].decline_code is None  # accepted: no code
+        assert {name: s.outcome for name, s in by_service.items()} == {
+            "shelter": "delivered",  # DONE
+            "medical": "lost_contact",  # closed by hand, first
+            "legal": "transferred",  # still open when the whole referral closed
+        }
+        assert status.closed_reason == "closed"

@@ -72,7 +72,7 @@ def every_field_set() -> ReferralStatus:
     then covers them all; `test_the_example_sets_every_field` keeps it so)."""
     attempt = Attempt(
         partner_id="cas-assoc", offered_at=at(), remind_at=at(hours=12), deadline=at(hours=24), reminded=True,
-        outcome="declined", replied_at=at(hours=13, microseconds=7), reason="no beds tonight", opens_at=at(hours=-1),
+        outcome="declined", replied_at=at(hours=13, microseconds=7), reason="no beds tonight", decline_code=1, opens_at=at(hours=-1),
     )  # fmt: skip
     skipped = SkippedPartner(partner_id="dak-assoc", reason="closed", until=at(hours=8, minutes=30), offered_instead="cas-assoc")
     checkin = FollowUp(
@@ -83,7 +83,7 @@ def every_field_set() -> ReferralStatus:
         service="shelter", stage="follow_up", candidates=["cas-assoc", "nat-shelter-amal"], partner_id="nat-shelter-amal",
         accepted_at=at(days=1), assigned_by_coordinator=True, attempts=[attempt], escalation_level=2, escalated_alerts=3,
         follow_ups=[checkin], issues_reported=1, completed_at=at(days=9), last_alert_at=at(hours=30),
-        last_alerted=["coordinator", "national_focal_point"], next_alert_at=at(hours=54), skipped=[skipped],
+        last_alerted=["coordinator", "national_focal_point"], next_alert_at=at(hours=54), outcome="delivered", skipped=[skipped],
     )  # fmt: skip
     problem = ChannelProblem(at=at(hours=1), partner_id="cas-assoc", channel="email", problem="undelivered", message_sid="SM" + "a" * 32)
     return ReferralStatus(

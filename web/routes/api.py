@@ -32,12 +32,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 from starlette.exceptions import HTTPException
 from temporalio.service import RPCError
 
 from activities.directory import CONTACT_ID_PATTERN, ConfigError, load_directory
 from config.settings import Settings
+from ledger.record import DECLINE_CODES, DeclineCode, ServiceOutcome
 from starter import referrals
 from web import deps
 from web.security import authorised
@@ -53,6 +54,7 @@ from workflows.models import (
     ReplyOutcome,
     Stage,
 )
+from workflows.update_rules import CONSENT_WITHDRAWN_OUTCOME, misplaced_decline_code
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -116,6 +118,7 @@ class AssignBody(_Body):
 
 class CloseBody(_Body):
     service: Service | None = Field(default=None, description="close only this service; the whole referral when absent")
+    outcome: ServiceOutcome = Field(description="how the service ended, or every service still open when the whole referral closes")
     by: str | None = Field(default=None, max_length=64)
     reason: str | None = Field(default=None, max_length=1600)
 
@@ -123,6 +126,17 @@ class CloseBody(_Body):
 class ActionBody(_Body):
     by: str | None = Field(default=None, max_length=64)
     reason: str | None = Field(default=None, max_length=1600)
+
+
+class CancelBody(ActionBody):
+    outcome: ServiceOutcome | None = Field(default=None, description="optional: how the services still open ended")
+
+
+_DECLINE_CODE_RULE = (
+    "only with action decline: "
+    + ", ".join(f"{n} {meaning}" for n, meaning in DECLINE_CODES.items())
+    + "; absent: a decline without a reason code"
+)
 
 
 class ReplyBody(_Body):
@@ -133,8 +147,21 @@ class ReplyBody(_Body):
         json_schema_extra=_PARTNER_ID,
     )
     action: PartnerAction
-    reason: str | None = Field(default=None, max_length=1600)
+    reason: str | None = Field(default=None, max_length=1600, description="free text, kept in the encrypted history only")
+    decline_code: DeclineCode | None = Field(default=None, description=_DECLINE_CODE_RULE)
     service: Service | None = Field(default=None, description="the service replied about; all of the partner's when absent")
+
+    # The rule stated in the schema too, so a client built from the document keeps to it.
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"action": {"not": {"const": "decline"}}}, "required": ["action"]},
+        "then": {"properties": {"decline_code": {"type": "null"}}},
+    })
+
+    @model_validator(mode="after")
+    def _decline_code_only_with_decline(self) -> ReplyBody:
+        if problem := misplaced_decline_code(self.action, self.decline_code):
+            raise ValueError(problem)
+        return self
 
 
 # --- errors, auth and body limits: one route class for every /api route --------------------
@@ -387,21 +414,21 @@ async def assign(code: CodePath, body: AssignBody, request: Request, idempotency
     summary="Cancel the referral",
     openapi_extra=_OPTIONAL_BODY_DOC,
 )
-async def cancel(code: CodePath, request: Request, body: ActionBody | None = None, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
-    body = body or ActionBody()
-    return await _act(request, code, CoordinatorAction(action="cancel", by=body.by, reason=body.reason), idempotency_key)
+async def cancel(code: CodePath, request: Request, body: CancelBody | None = None, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
+    body = body or CancelBody()
+    action = CoordinatorAction(action="cancel", by=body.by, reason=body.reason, outcome=body.outcome)
+    return await _act(request, code, action, idempotency_key)
 
 
 @router.post(
     "/referrals/{code}/close",
     response_model=ActionOutcome | AlreadyApplied,
     responses=_UPDATE_RESPONSES,
-    summary="Close the referral, or one service",
-    openapi_extra=_OPTIONAL_BODY_DOC,
+    summary="Close the referral, or one service, saying how it ended",
+    openapi_extra=_BODY_DOC,
 )
-async def close(code: CodePath, request: Request, body: CloseBody | None = None, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
-    body = body or CloseBody()
-    action = CoordinatorAction(action="close", service=body.service, by=body.by, reason=body.reason)
+async def close(code: CodePath, body: CloseBody, request: Request, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
+    action = CoordinatorAction(action="close", service=body.service, by=body.by, reason=body.reason, outcome=body.outcome)
     return await _act(request, code, action, idempotency_key)
 
 
@@ -409,7 +436,7 @@ async def close(code: CodePath, request: Request, body: CloseBody | None = None,
     "/referrals/{code}/withdraw-consent",
     response_model=ActionOutcome | AlreadyApplied,
     responses=_UPDATE_RESPONSES,
-    summary="The person withdrew consent: stop everything",
+    summary=f"The person withdrew consent: stop everything (the services still open: {CONSENT_WITHDRAWN_OUTCOME})",
     openapi_extra=_OPTIONAL_BODY_DOC,
 )
 async def withdraw_consent(code: CodePath, request: Request, body: ActionBody | None = None, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
@@ -426,7 +453,9 @@ async def withdraw_consent(code: CodePath, request: Request, body: ActionBody | 
 )
 async def reply(code: CodePath, body: ReplyBody, request: Request, idempotency_key: IdempotencyKey = None) -> ReplyOutcome:
     code = _code(code)
-    answer = PartnerReply(partner_id=body.partner_id, action=body.action, reason=body.reason, service=body.service, channel="api")
+    answer = PartnerReply(
+        partner_id=body.partner_id, action=body.action, reason=body.reason, decline_code=body.decline_code, service=body.service, channel="api"
+    )
     return await referrals.partner_reply(deps.client_of(request), code, answer, _update_id(idempotency_key, "reply"))
 
 

@@ -7,7 +7,9 @@ decides, so there is one rule for who may see them. An expired or tampered token
 that says nothing about the referral.
 
 Accept / decline are POSTs to `/p/<token>/accept|decline` that apply the same update as an SMS
-reply (`partner_reply`, channel "web"), then redirect (303) back to the page.
+reply (`partner_reply`, channel "web"), then redirect (303) back to the page. A decline offers the
+SMS grammar's reason codes (`decline_code`, ledger.record.DECLINE_CODES): the page asks for one;
+a form without it (an older page) is still a decline, without a code; any other value is refused.
 
 CSRF: besides the capability in the path, each POST must carry a form nonce that matches a
 cookie: the page sets a random cookie (HttpOnly, SameSite=Strict, path /p/, Secure over https) and puts
@@ -41,6 +43,7 @@ from temporalio.service import RPCError
 from activities.partner_links import PartnerLinkError, PartnerLinkExpired, verify_partner_link
 from config.settings import Settings
 from infra.signing import Signing
+from ledger.record import DECLINE_CODES
 from starter import referrals
 from web import deps
 from web.i18n import DEFAULT_LANG, LANGS, LANGUAGE_NAMES, Words
@@ -56,6 +59,7 @@ router = APIRouter(route_class=SecureRoute, include_in_schema=False)
 CSRF_COOKIE = "nrm_partner_form"
 MAX_FORM_BYTES = 16 * 1024
 MAX_REASON = 500
+_DECLINE_CODE_VALUES = frozenset(str(n) for n in DECLINE_CODES)
 
 
 def _lang(value: str | None) -> str:
@@ -193,6 +197,7 @@ async def page(token: str, request: Request, lang: str | None = None, result: st
         pending=pending_services,
         person=person_view,
         max_reason=MAX_REASON,
+        decline_codes=[(str(n), f"{n} · {words.label('decline_codes', str(n))}") for n in DECLINE_CODES],
     )
     if new_cookie:
         response.set_cookie(
@@ -244,11 +249,21 @@ async def _answer(token: str, request: Request, action: str) -> Response:
 
     service = form.get("service") or None
     reason = ((form.get("reason") or "").strip()[:MAX_REASON] or None) if action == "decline" else None
+    decline_code = (form.get("decline_code") or None) if action == "decline" else None
     result: str  # a reply's outcome or a rejection's kind: the page words for both
     try:
         if service is not None and service not in SERVICES:
             raise ValueError("service")
-        reply = PartnerReply(partner_id=partner_id, action=action, reason=reason, service=service, channel="web")
+        if decline_code is not None and decline_code not in _DECLINE_CODE_VALUES:
+            raise ValueError("decline_code")
+        reply = PartnerReply(
+            partner_id=partner_id,
+            action=action,
+            reason=reason,
+            decline_code=int(decline_code) if decline_code else None,  # one of DECLINE_CODES, checked above
+            service=service,
+            channel="web",
+        )
         outcome = await referrals.partner_reply(deps.client_of(request), code, reply)
         result = outcome.outcome
     except (ValueError, ValidationError):

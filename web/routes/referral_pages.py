@@ -3,6 +3,10 @@
     GET  /referrals              the list (stage filter; `?code=` opens one)
     GET  /referrals/{code}       the referral: stage, per-service timeline, actions
     POST /referrals/{code}/actions   assign, close (whole or one service), cancel, withdraw consent
+
+Closing asks how the service, or every service still open, ended (`outcome`, one of
+ledger.record.SERVICE_OUTCOMES): required to close, optional to cancel, and a withdrawal of consent
+is the person declining (the form's choice is not sent with it).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from temporalio.service import RPCError
 from activities.directory import ConfigError, Directory, load_directory
 from config.settings import Settings
 from ledger.capacity import FullSpell
+from ledger.record import SERVICE_OUTCOMES
 from starter import referrals
 from web.deps import client_of, settings_of
 from web.i18n import Words, language_of
@@ -56,6 +61,7 @@ class Event:
     future: bool = False
     reason: str | None = None  # the partner's own words (a decline's reason)
     reason_key: str | None = None  # or one of ours, translated
+    decline_code: str | None = None  # a decline's reason code, shown with its meaning (labels.decline_codes)
 
 
 def service_timeline(
@@ -70,7 +76,8 @@ def service_timeline(
         elif e.checkin is not None:
             values.update(n=e.checkin, answer_by=when(e.deadline))
         reason_key = "reason_unreachable" if e.reason == "unreachable" else None
-        events.append(Event(e.at, f"ev_{e.kind}", values, e.highlight, e.future, e.reason, reason_key))
+        decline_code = str(e.decline_code) if e.decline_code is not None else None
+        events.append(Event(e.at, f"ev_{e.kind}", values, e.highlight, e.future, e.reason, reason_key, decline_code))
     return events
 
 
@@ -140,6 +147,7 @@ async def referral_page(request: Request, code: str) -> Response:
         partners=_partners_by_service(directory, status, await capacity_of(settings, directory.partners) if directory else None)
         if status.stage != "closed"
         else {},
+        outcomes=SERVICE_OUTCOMES,
         created=q.get("created") == "1",
         existing=q.get("existing") == "1",
         done=q.get("done") if q.get("done") in (*WHOLE_ACTIONS, "assign", "close_service") else None,
@@ -149,8 +157,8 @@ async def referral_page(request: Request, code: str) -> Response:
 
 
 # Refusals the page has a message for: the workflow's, and its own (an unknown partner, a
-# closure not confirmed).
-_REJECTION_KEYS = (*REJECTION_TYPES, "partner", "confirm")
+# closure not confirmed, a closure without its outcome).
+_REJECTION_KEYS = (*REJECTION_TYPES, "partner", "confirm", "outcome")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
@@ -175,6 +183,7 @@ async def referral_action(request: Request, code: str) -> Response:
     service = field("service")
     partner_id = field("partner_id")
     reason = field("reason", 1600)
+    outcome = field("outcome")
 
     def refused(kind: str) -> RedirectResponse:
         return RedirectResponse(f"{back}?{urlencode({'rejected': kind})}", status_code=303)
@@ -198,6 +207,10 @@ async def referral_action(request: Request, code: str) -> Response:
             return refused("confirm")
     if service is not None and service not in SERVICES:
         return refused("invalid")
+    if action not in ("close", "cancel"):
+        outcome = None  # assign says nothing of an end; a withdrawal of consent is person_declined
+    elif outcome not in SERVICE_OUTCOMES and (action == "close" or outcome is not None):
+        return refused("outcome")
     nonce = field("nonce")
     update_id = f"web-{code}-{nonce}" if nonce and _NONCE.match(nonce) else None
     try:
@@ -207,6 +220,7 @@ async def referral_action(request: Request, code: str) -> Response:
             partner_id=partner_id if action == "assign" else None,
             reason=reason,
             by=session.login[:64] if session.login else None,
+            outcome=outcome,  # one of SERVICE_OUTCOMES, checked above
         )
         await asyncio.wait_for(
             referrals.coordinator_action(client_of(request), code, command, update_id=update_id),
@@ -224,7 +238,7 @@ async def referral_action(request: Request, code: str) -> Response:
     except RPCError as err:
         log.error("web_action_failed", code=code, action=action, error=type(err).__name__)
         return unavailable(request, session)
-    log.info("web_action", code=code, action=action, service=service, login=session.login)
+    log.info("web_action", code=code, action=action, service=service, outcome=outcome, login=session.login)
     done = "close_service" if action == "close" and service else action
     return RedirectResponse(f"{back}?done={done}", status_code=303)
 

@@ -19,7 +19,7 @@ from ledger.reports import Filters, Report
 from ledger.store import LedgerNotReady
 from web import deps
 from web.routes.api import ERRORS, ApiError, ApiRoute, bearer_doc
-from workflows.intake import _DATE, REGIONS, Region
+from workflows.intake import CALENDAR_DATE, REGIONS, Region
 
 router = APIRouter(
     prefix="/api",
@@ -43,7 +43,7 @@ async def report_for(request: Request, filters: Filters) -> Report:
     return await asyncio.to_thread(store.report, filters, tz=tz, now=datetime.now(UTC), suppress=True)
 
 
-_DAY = WithJsonSchema({"type": "string", "format": "date", "pattern": f"^{_DATE}$", "description": "a day, YYYY-MM-DD"})
+_DAY = WithJsonSchema({"type": "string", "format": "date", "pattern": f"^{CALENDAR_DATE}$", "description": "a day, YYYY-MM-DD"})
 
 
 @router.get("/reports", response_model=Report, summary="Statistics from the ledger; counts from 1 to 4 as \"<5\"")

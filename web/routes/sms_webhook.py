@@ -14,7 +14,9 @@ open referral of that partner (`report_channel_problem`), START removes it; HELP
 commands and the sender's open codes; a reply without a code applies only when the sender has
 exactly one open referral (visibility: `ReferralPartners`), otherwise the answer lists them.
 The update's outcome or rejection becomes a reply in the partner's language (`sms_reply.*` in
-config/messages/<lang>.po): the code and what happened, never anything about the person.
+config/messages/<lang>.po): the code and what happened, never anything about the person. A
+decline's reason code (`D 7K3Q9 1`) is recorded with it and its meaning confirmed; a number that is
+no reason code (`D 7K3Q9 5`) records nothing and is answered with the list of codes, as HELP is.
 
 Twice the same MessageSid, once the effect, whichever web process each delivery reaches
 (everything below lives in `<REFERRAL_DATA_DIR>/sms_webhook.sqlite3` or in Temporal, nothing
@@ -49,6 +51,7 @@ Logs carry the MessageSid, the partner id and the outcome kind: never the body o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -74,7 +77,8 @@ from activities.sms_store import (
     remember_reply,
 )
 from config.settings import Settings
-from infra.translations import DEFAULT_LANGUAGE, LANGUAGES, translations
+from infra.translations import DEFAULT_LANGUAGE, LANGUAGES, Translations, translations
+from ledger.record import DECLINE_CODES
 from starter import capacity, referrals
 from starter.sms_capacity import CapacityCommand
 from starter.sms_commands import SmsCommand, parse_sms
@@ -148,7 +152,18 @@ def reply_text(settings: Settings, language: str, key: str, **values: object) ->
     if "services" in values:
         labels = words.labels("services")
         values["services"] = ", ".join(labels.get(s, s) for s in values["services"])  # type: ignore[attr-defined]
+    if "reason" in values:
+        values["reason"] = decline_reason(words, values["reason"])  # type: ignore[arg-type]
+    if "reasons" in values:
+        separator = "، " if language == "ar" else ", "
+        values["reasons"] = separator.join(decline_reason(words, n) for n in values["reasons"])  # type: ignore[attr-defined]
     return words.format(f"sms_reply.{key}", **values).strip()
+
+
+def decline_reason(words: Translations, decline_code: int) -> str:
+    """A decline code as an SMS names it: `2 not a service we offer`."""
+    label = words.labels("decline_codes").get(str(decline_code))
+    return f"{decline_code} {label}" if label else str(decline_code)
 
 
 def neutral_text(settings: Settings) -> str:
@@ -233,7 +248,9 @@ def _rejection_key(kind: str, action: str) -> str:
 async def _apply(client: Client, settings: Settings, partner: Partner, command: SmsCommand, code: str, sid: str) -> Answer:
     """Run the update; any outcome or rejection becomes the partner's answer."""
     lang = partner.language
-    reply = PartnerReply(partner_id=partner.id, action=command.action, reason=command.text, channel="sms")
+    reply = PartnerReply(
+        partner_id=partner.id, action=command.action, reason=command.text, decline_code=command.decline_code, channel="sms"
+    )
     try:
         outcome = await asyncio.wait_for(
             referrals.partner_reply(client, code, reply, update_id=f"sms-{sid}"), LATE_UPDATE_TIMEOUT_SECONDS
@@ -247,6 +264,10 @@ async def _apply(client: Client, settings: Settings, partner: Partner, command: 
         # Not known to be applied; a redelivery (same update id) or a new message settles it.
         log.warning("sms reply outcome unknown", message_sid=sid, partner=partner.id, error=type(err).__name__)
         return Answer("unavailable", reply_text(settings, lang, "unavailable"), final=False)
+    if outcome.outcome == "declined" and command.decline_code is not None:
+        # The answer confirms the reason code's meaning (never the partner's own words).
+        text = reply_text(settings, lang, "declined_with_code", code=code, services=outcome.services, reason=command.decline_code)
+        return Answer(outcome.outcome, text)
     return Answer(outcome.outcome, reply_text(settings, lang, outcome.outcome, code=code, services=outcome.services))
 
 
@@ -360,10 +381,17 @@ async def _inbound(request: Request, form: dict[str, str], sid: str) -> tuple[An
     try:
         if action == "help":
             codes = await _open_codes(client, partner.id, budget)
-            text = reply_text(settings, lang, "help", codes=_codes_text(codes, settings, lang)) + "\n" + reply_text(settings, lang, "capacity_help")
+            text = reply_text(settings, lang, "help", codes=_codes_text(codes, settings, lang), reasons=DECLINE_CODES)
+            text += "\n" + reply_text(settings, lang, "capacity_help")
             return Answer("help", text), partner.id
         if action not in _KEYWORD:
             return Answer("unknown_command", reply_text(settings, lang, "unknown_command")), partner.id
+        if action == "decline" and command.unknown_decline_code:
+            # `D 7K3Q9 5`: the partner meant a reason code; record nothing rather than a decline
+            # without its reason, and list the codes.
+            example = f"D {command.code or 'CODE'} 1"
+            text = reply_text(settings, lang, "unknown_decline_code", reasons=DECLINE_CODES, example=example)
+            return Answer("unknown_decline_code", text), partner.id
         code = command.code
         if code is None:
             codes = await _open_codes(client, partner.id, budget)
@@ -373,11 +401,11 @@ async def _inbound(request: Request, form: dict[str, str], sid: str) -> tuple[An
                 text = reply_text(
                     settings, lang, "choose",
                     codes=_codes_text(codes, settings, lang),
-                    example=f"{_KEYWORD[action]} {codes[0]}",
+                    example=f"{_KEYWORD[action]} {codes[0]}" + (f" {command.decline_code}" if command.decline_code else ""),
                 )
                 return Answer("ambiguous", text), partner.id
             code = codes[0]
-        command = SmsCommand(action, code, command.text)  # type: ignore[arg-type]
+        command = dataclasses.replace(command, action=action, code=code)  # type: ignore[arg-type]
         return await _apply_within(client, settings, partner, number or "", command, code, sid, budget), partner.id
     except _Unavailable as err:
         log.warning("temporal unavailable", message_sid=sid, partner=partner.id, error=str(err))
