@@ -11,6 +11,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.availability import AvailabilityActivities
 from activities.ledger import LedgerActivities
 from activities.observability import LogContextInterceptor
 from activities.referral_activities import ReferralActivities
@@ -18,6 +19,7 @@ from config.settings import Settings, get_settings
 from infra.logs import configure_logging
 from infra.temporal import EncryptionNotConfigured, MetricsUnavailable, connect, metrics_runtime
 from ledger.store import LedgerNotReady
+from workflows.capacity_notice import CapacityNoticeWorkflow
 from workflows.referral import ReferralWorkflow
 
 log = structlog.get_logger("worker")
@@ -29,14 +31,17 @@ def build_worker(
     task_queue: str | None = None,
     activities: ReferralActivities | None = None,
     ledger: LedgerActivities | None = None,
+    availability: AvailabilityActivities | None = None,
 ) -> Worker:
     acts = activities or ReferralActivities(settings)
     ledger_acts = ledger or LedgerActivities(settings)  # the ledger database of LEDGER_DATABASE_URL
+    # Matching with partners' capacity and hours, and the coordinators' capacity notices: called by name.
+    available = availability or AvailabilityActivities(settings)
     return Worker(
         client,
         task_queue=task_queue or settings.referral_task_queue,
-        workflows=[ReferralWorkflow],
-        activities=acts.all() + ledger_acts.all(),
+        workflows=[ReferralWorkflow, CapacityNoticeWorkflow],
+        activities=[*acts.all(), *ledger_acts.all(), *available.all()],
         interceptors=[LogContextInterceptor()],
         workflow_runner=workflow_runner(),
         max_cached_workflows=settings.worker_max_cached_referrals,

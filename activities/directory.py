@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from activities.opening_hours import OpeningHours, parse_hours
 from workflows.intake import REGIONS, SERVICES, normalise_phone
 from workflows.models import MAX_EVENTS_PER_RUN, MIN_EVENTS_PER_RUN, Candidate, EscalationPolicy, MatchRequest
 
@@ -44,6 +45,8 @@ class Contact(BaseModel):
 
 
 class Partner(Contact):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
     services: list[str]
     regions: list[str] = Field(default_factory=list, description="regions covered; empty when national")
     national: bool = False
@@ -52,6 +55,18 @@ class Partner(Contact):
     accepts_adults: bool = True
     active: bool = True
     rank: int = 100
+    # When offers can be answered (activities/opening_hours.py): `always` unless said otherwise.
+    hours: Annotated[OpeningHours, BeforeValidator(parse_hours)] = OpeningHours()
+    # A second number and address for when the focal point is away: offers and reminders go to
+    # it too when the policy says so (offers_to_backup_sms) or when the main number is refused,
+    # and its replies count as the partner's.
+    backup_sms: str | None = None
+    backup_email: str | None = None
+
+    @field_validator("backup_sms")
+    @classmethod
+    def _backup_sms(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_phone(value)
 
     @model_validator(mode="after")
     def _known_values(self) -> Partner:
@@ -63,7 +78,13 @@ class Partner(Contact):
                 raise ValueError(f"regions: unknown region {region!r}")
         if not self.national and not self.regions:
             raise ValueError("regions: a partner that is not national needs at least one region")
+        if self.backup_sms is not None and self.backup_sms == self.sms:
+            raise ValueError("backup_sms: the same number as sms")
         return self
+
+    def numbers(self) -> list[str]:
+        """The numbers whose SMS are this partner's: the main one, then the backup."""
+        return [n for n in (self.sms, self.backup_sms) if n]
 
 
 class Directory(BaseModel):
@@ -82,18 +103,29 @@ class Directory(BaseModel):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"partners: duplicate ids {', '.join(dupes)}")
+        # A reply is told apart by its number: a backup number may be no other partner's.
+        for p in self.partners:
+            others = [o.id for o in self.partners if o.id != p.id and p.backup_sms in o.numbers()]
+            if p.backup_sms and others:
+                raise ValueError(f"partners: the backup_sms of {p.id} is also a number of {', '.join(others)}")
         return self
 
     def partner(self, partner_id: str) -> Partner | None:
         return next((p for p in self.partners if p.id == partner_id), None)
 
     def partner_by_sms(self, number: str) -> Partner | None:
-        return next((p for p in self.partners if p.sms == number), None)
+        """The partner whose main or backup number this is."""
+        return next((p for p in self.partners if p.sms == number), None) or next(
+            (p for p in self.partners if p.backup_sms == number), None
+        )
 
     def coordinator(self, region: str) -> Contact:
         return self.coordinators.get(region) or self.national_focal_point
 
     def match(self, request: MatchRequest) -> list[Candidate]:
+        return [Candidate(partner_id=p.id, name=p.name) for p in self.ranked(request)]
+
+    def ranked(self, request: MatchRequest) -> list[Partner]:
         """Active partners offering the service in the region (or nationally) to this age group, best first:
         regional before national, a shared language first, then the directory's rank."""
         eligible = [
@@ -109,7 +141,7 @@ class Directory(BaseModel):
         def key(p: Partner) -> tuple:
             return (request.region not in p.regions, not wanted.intersection(p.languages), p.rank, p.id)
 
-        return [Candidate(partner_id=p.id, name=p.name) for p in sorted(eligible, key=key)]
+        return sorted(eligible, key=key)
 
 
 def _read_text(path: Path) -> str:
@@ -205,8 +237,15 @@ def _number_at(path: Path, where: str, value: object, *, minimum: float, whole: 
 
 # Settings of the whole policy (top level of the file), beside `urgencies` and `follow_ups`.
 _POLICY_WIDE = ("follow_up_every", "reflection_period", "reflection_end_notice", "continue_as_new_after_events")
-# Settings of an urgency's ladder that are numbers rather than durations.
+# Settings of an urgency's ladder that are numbers, or true/false, rather than durations.
 _LADDER_NUMBERS = {"escalated_alert_backoff": 1.0, "focal_point_after_alerts": 1}
+_LADDER_FLAGS = ("offers_to_backup_sms",)
+
+
+def _flag_at(path: Path, where: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: {where}: true or false expected (got {value!r})")
+    return value
 
 
 class _PolicyFile(BaseModel):
@@ -251,6 +290,8 @@ def load_policy(path: Path, urgency: str) -> EscalationPolicy:
         settings: dict[str, object] = {
             k: _number_at(path, f"urgencies.{urgency}.{k}", v, minimum=_LADDER_NUMBERS[k], whole=isinstance(_LADDER_NUMBERS[k], int))
             if k in _LADDER_NUMBERS
+            else _flag_at(path, f"urgencies.{urgency}.{k}", v)
+            if k in _LADDER_FLAGS
             else _duration_at(path, f"urgencies.{urgency}.{k}", v)
             for k, v in ladder.items()
         }

@@ -11,7 +11,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.directory import ConfigError, Contact, Directory, load_directory, load_policy
+from activities.directory import ConfigError, Contact, Directory, Partner, load_directory, load_policy
 from activities.email import EmailRefused, build_email, send_email
 from activities.messages import RenderedMessage, render
 from activities.observability import count_sms_failure
@@ -94,44 +94,64 @@ class ReferralActivities:
             message = self._render(notice, contact)
             if not message.sms:
                 continue
+            problem: str | None = None
             if not contact.sms:
-                if i == 0:
-                    count_sms_failure("NoSmsNumber")
-                    raise ApplicationError("recipient has no SMS number", type="NoSmsNumber", non_retryable=True)
+                problem = "NoSmsNumber"
+            elif is_opted_out(self.settings, contact.sms):
+                problem = "OptedOut"  # the number answered STOP (recorded by the SMS webhook): email only
+            else:
+                try:
+                    await self.sms.send(
+                        contact.sms,
+                        message.sms,
+                        f"{key}/{contact.id}",
+                        callback_params={"code": notice.context.code, "partner": contact.id},
+                    )
+                except SmsRefused as err:
+                    problem = err.kind
+                except Exception as err:
+                    # Retried by Temporal (TwilioUnavailable, TwilioOutcomeUnknown, a timeout, ...)
+                    count_sms_failure(type(err).__name__)
+                    raise
+            if problem is None:
+                sent += 1
+                if notice.backup_sms:  # the policy sends offers and reminders to the backup too
+                    sent += await self._sms_to_backup(notice, contact, message.sms, key)
                 continue
-            if is_opted_out(self.settings, contact.sms):
-                # The number answered STOP (recorded by the SMS webhook): email only.
-                if i == 0:
-                    count_sms_failure("OptedOut")
-                    raise ApplicationError("recipient opted out of SMS (STOP)", type="OptedOut", non_retryable=True)
-                continue
-            try:
-                await self.sms.send(
-                    contact.sms,
-                    message.sms,
-                    f"{key}/{contact.id}",
-                    callback_params={"code": notice.context.code, "partner": contact.id},
-                )
-            except SmsRefused as err:
-                count_sms_failure(err.kind)
-                if i == 0:
-                    raise ApplicationError(f"SMS refused: {err.kind}", type=err.kind, non_retryable=True) from None
-                continue
-            except Exception as err:
-                # Retried by Temporal (TwilioUnavailable, TwilioOutcomeUnknown, a timeout, ...)
-                count_sms_failure(type(err).__name__)
-                raise
-            sent += 1
+            if i == 0 or problem not in ("NoSmsNumber", "OptedOut"):
+                count_sms_failure(problem)
+            if i == 0:
+                # The main number cannot take it: the backup number does, and the coordinator
+                # is told of the main one's problem all the same.
+                await self._sms_to_backup(notice, contact, message.sms, key)
+                detail = {"NoSmsNumber": "recipient has no SMS number", "OptedOut": "recipient opted out of SMS (STOP)"}.get(problem, f"SMS refused: {problem}")
+                raise ApplicationError(detail, type=problem, non_retryable=True)
         log.info("sms sent", code=notice.context.code, template=notice.template, recipient=notice.recipient_id, messages=sent)
         return Delivery(channel="sms", status="sent" if sent else "skipped")
+
+    async def _sms_to_backup(self, notice: Notice, contact: Contact, body: str, key: str) -> int:
+        """The partner's backup number, if it has one that did not opt out: 1 when sent."""
+        if not isinstance(contact, Partner) or not contact.backup_sms or is_opted_out(self.settings, contact.backup_sms):
+            return 0
+        try:
+            await self.sms.send(
+                contact.backup_sms, body, f"{key}/{contact.id}/backup", callback_params={"code": notice.context.code, "partner": contact.id}
+            )
+        except SmsRefused as err:
+            count_sms_failure(err.kind)
+            log.warning("sms to backup number refused", code=notice.context.code, recipient=contact.id, problem=err.kind)
+            return 0
+        return 1
 
     @activity.defn
     async def send_email(self, notice: Notice) -> Delivery:
         key = _idempotency_key(notice, "email")
         sent = 0
         for i, contact in enumerate(self._recipients(notice)):
+            backup = contact.backup_email if isinstance(contact, Partner) else None
             if not contact.email:
                 if i == 0:
+                    await self._email_to_backup(notice, contact, backup, key)
                     raise ApplicationError("recipient has no email address", type="InvalidEmailAddress", non_retryable=True)
                 continue
             message = self._render(notice, contact)
@@ -140,11 +160,25 @@ class ReferralActivities:
                 await send_email(self.settings, msg)
             except EmailRefused as err:
                 if i == 0:
+                    await self._email_to_backup(notice, contact, backup, key)
                     raise ApplicationError(f"email refused: {err.kind}", type=err.kind, non_retryable=True) from None
                 continue
             sent += 1
+            if notice.backup_sms:  # offers and reminders, when the policy says so: the backup address too
+                sent += await self._email_to_backup(notice, contact, backup, key)
         log.info("email sent", code=notice.context.code, template=notice.template, recipient=notice.recipient_id, messages=sent)
         return Delivery(channel="email", status="sent" if sent else "skipped")
+
+    async def _email_to_backup(self, notice: Notice, contact: Contact, address: str | None, key: str) -> int:
+        if not address:
+            return 0
+        message = self._render(notice, contact)
+        try:
+            await send_email(self.settings, build_email(self.settings, address, message.subject, message.body, f"{key}/{contact.id}/backup", message.language))
+        except EmailRefused as err:
+            log.warning("email to backup address refused", code=notice.context.code, recipient=contact.id, problem=err.kind)
+            return 0
+        return 1
 
     async def aclose(self) -> None:
         await self.sms.aclose()

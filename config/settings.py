@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     referral_partners_file: Path = CONFIG_DIR / "partners.yaml"
     referral_messages_dir: Path = CONFIG_DIR / "messages"
     referral_data_dir: Path = Path(".data")
-    # Deadlines in messages are written in this time zone
+    # Deadlines in messages are written in this time zone, and partners' opening hours read in it
     referral_timezone: str = "Africa/Casablanca"
 
     # Email

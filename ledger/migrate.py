@@ -17,6 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
 from ledger.engine import engine_for
@@ -42,6 +43,22 @@ def head_revision() -> str:
 
 def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
+
+
+class LedgerNotReady(Exception):
+    """The ledger's tables are missing or behind the code: run `referral ledger upgrade`."""
+
+
+def check_ready(engine: Engine) -> None:
+    """Raise LedgerNotReady unless the database is at the code's migration."""
+    try:
+        with engine.connect() as conn:
+            current = current_revision(conn)
+    except Exception as err:  # unreachable server, bad credentials, unreadable file
+        raise LedgerNotReady(f"the ledger database cannot be opened ({type(err).__name__})") from None
+    if current != head_revision():
+        state = "has no tables" if current is None else f"is at revision {current}, the code at {head_revision()}"
+        raise LedgerNotReady(f"the ledger database {state}: run `referral ledger upgrade`")
 
 
 def upgrade(url: str, revision: str = "head") -> str | None:

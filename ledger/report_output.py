@@ -23,7 +23,7 @@ CSV_COLUMNS = ("table", "row", "column", "value")
 # The report's tables, in the order every output gives them.
 TABLES = (
     "by_month", "by_region", "by_sector", "by_indicator", "by_age_group", "acceptance_by_urgency", "acceptance_by_region",
-    "partners", "escalations", "outcomes",
+    "partners", "escalations", "outcomes", "capacity",
 )  # fmt: skip
 
 

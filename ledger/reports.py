@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ledger.capacity import CapacityChange
 from ledger.record import AGE_GROUPS, DECLINE_CODES, SERVICE_OUTCOMES, URGENCIES, LedgerRecord
 
 SMALL_CELL = 5
@@ -89,6 +90,15 @@ class OutcomeRow(_Model):
     by_outcome: dict[str, Count] = Field(description="service outcome codes, `no_outcome` (closed without one) and `open`")
 
 
+class CapacityRow(_Model):
+    partner_id: str
+    full: Count = Field(description="FULL said (by SMS or on the partner's page)")
+    reopened: Count = Field(description="OPEN said")
+    lapsed: Count = Field(description="a FULL with an end (FULL shelter 3d) that lapsed by itself")
+    by_sms: Count = Field(description="FULL or OPEN by SMS")
+    by_web: Count = Field(description="FULL or OPEN on the partner's page")
+
+
 class Report(_Model):
     generated_at: datetime
     filters: Filters
@@ -105,6 +115,9 @@ class Report(_Model):
     partners: list[PartnerRow]
     escalations: list[EscalationRow]
     outcomes: list[OutcomeRow]
+    capacity: list[CapacityRow] = Field(
+        default_factory=list, description="partners' capacity changes made in the period (its days), by partners covering the region or national"
+    )
 
 
 # --- the period --------------------------------------------------------------------------
@@ -165,7 +178,13 @@ def _ranked(counts: Counter[str], cell: Callable[[int], Count], order: Iterable[
 
 
 def build_report(
-    records: Iterable[LedgerRecord], filters: Filters, *, tz: tzinfo, now: datetime, suppress: bool = True
+    records: Iterable[LedgerRecord],
+    filters: Filters,
+    *,
+    tz: tzinfo,
+    now: datetime,
+    suppress: bool = True,
+    capacity_changes: Iterable[CapacityChange] = (),
 ) -> Report:
     chosen_records = chosen(records, filters, tz)
     cell = _cell(suppress)
@@ -185,6 +204,7 @@ def build_report(
         partners=partners(chosen_records, suppress),
         escalations=escalations(chosen_records, suppress),
         outcomes=outcomes(chosen_records, cell),
+        capacity=capacity(capacity_changes, filters, tz, cell),
     )
 
 
@@ -316,3 +336,21 @@ def outcomes(records: list[LedgerRecord], cell: Callable[[int], Count]) -> list[
             column = s.outcome or ("no_outcome" if r.closed_at is not None or s.completed_at is not None else "open")
             counts[s.service][column] += 1
     return [OutcomeRow(service=s, by_outcome={c: cell(counts[s][c]) for c in OUTCOME_COLUMNS}) for s in sorted(counts)]
+
+
+def capacity(changes: Iterable[CapacityChange], filters: Filters, tz: tzinfo, cell: Callable[[int], Count]) -> list[CapacityRow]:
+    """Per partner: the capacity changes made in the period, by partners covering the region."""
+    low, high = start_bounds(filters.date_from, filters.date_to, tz)
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for c in changes:
+        if (low is not None and c.at < low) or (high is not None and c.at >= high):
+            continue
+        if filters.region is not None and c.regions and filters.region not in c.regions:
+            continue
+        counts[c.partner_id][{"full": "full", "open": "reopened", "lapsed": "lapsed"}[c.state]] += 1
+        if c.channel in ("sms", "web"):
+            counts[c.partner_id][f"by_{c.channel}"] += 1
+    return [
+        CapacityRow(partner_id=p, **{column: cell(counts[p][column]) for column in ("full", "reopened", "lapsed", "by_sms", "by_web")})
+        for p in sorted(counts)
+    ]

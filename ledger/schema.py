@@ -1,7 +1,8 @@
 """The ledger's tables (SQLAlchemy 2 Core), the same on SQLite and PostgreSQL.
 
 One row per referral, its indicators, one row per service, one row per offer; the children are
-replaced whole when a referral's record is written again (ledger.store.upsert). The Alembic
+replaced whole when a referral's record is written again (ledger.store.upsert). Beside them, one
+row per change of a partner's capacity (ledger.capacity), appended and never changed. The Alembic
 migrations in ledger/migrations/ create and change these tables: change both together.
 """
 
@@ -21,6 +22,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -121,4 +123,23 @@ offers = Table(
     Column("decline_code", SmallInteger),
     ForeignKeyConstraint(["code", "service"], ["services.code", "services.service"], ondelete="CASCADE", name="fk_offers_service"),
     Index("ix_offers_partner_id", "partner_id"),
+)
+
+# Partners' FULL / OPEN (ledger.capacity): appended, never updated. `service` NULL: all the
+# partner's services; `key` makes a write safe to repeat (sms-<MessageSid>, lapse-<change id>).
+capacity_changes = Table(
+    "capacity_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(96)),
+    Column("partner_id", String(SLUG), nullable=False),
+    Column("service", String(SLUG)),
+    Column("state", String(16), nullable=False),
+    Column("until", UTCDateTime),
+    Column("channel", String(16), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("regions", String(1024), nullable=False),
+    UniqueConstraint("key", name="uq_capacity_changes_key"),
+    Index("ix_capacity_changes_partner", "partner_id", "id"),
+    Index("ix_capacity_changes_at", "at"),
 )

@@ -22,14 +22,12 @@ from sqlalchemy.engine import Connection
 
 from config.settings import Settings
 from ledger import migrate
+from ledger.capacity import capacity_changes_between
 from ledger.engine import engine_for
+from ledger.migrate import LedgerNotReady
 from ledger.record import LedgerRecord, OfferRecord, ServiceRecord
 from ledger.reports import Filters, Report, build_report, start_bounds
 from ledger.schema import offers, referral_indicators, referrals, services
-
-
-class LedgerNotReady(Exception):
-    """The ledger's tables are missing or behind the code: run `referral ledger upgrade`."""
 
 
 class LedgerStore:
@@ -51,14 +49,7 @@ class LedgerStore:
         """Raise LedgerNotReady unless the database is at the code's migration (checked once)."""
         if self._ready:
             return
-        try:
-            with self.engine.connect() as conn:
-                current = migrate.current_revision(conn)
-        except Exception as err:  # unreachable server, bad credentials, unreadable file
-            raise LedgerNotReady(f"the ledger database cannot be opened ({type(err).__name__})") from None
-        if current != migrate.head_revision():
-            state = "has no tables" if current is None else f"is at revision {current}, the code at {migrate.head_revision()}"
-            raise LedgerNotReady(f"the ledger database {state}: run `referral ledger upgrade`")
+        migrate.check_ready(self.engine)
         self._ready = True
 
     # --- writes ------------------------------------------------------------------------
@@ -129,7 +120,9 @@ class LedgerStore:
     def report(self, filters: Filters, *, tz: tzinfo, now: datetime, suppress: bool = True) -> Report:
         """The report over the referrals the filters choose (ledger.reports.build_report)."""
         low, high = start_bounds(filters.date_from, filters.date_to, tz)
-        return build_report(self.records(started_from=low, started_before=high, region=filters.region), filters, tz=tz, now=now, suppress=suppress)
+        records = self.records(started_from=low, started_before=high, region=filters.region)
+        changes = capacity_changes_between(self.engine, low, high, filters.region)
+        return build_report(records, filters, tz=tz, now=now, suppress=suppress, capacity_changes=changes)
 
     def count(self) -> int:
         with self.engine.connect() as conn:

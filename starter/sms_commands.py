@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Literal, cast, get_args
 
 from ledger.record import DECLINE_CODES, DeclineCode
+from starter.sms_capacity import MAX_WORDS, CapacityCommand, parse_capacity
 
 __all__ = [
     "ACTIONS",
@@ -355,7 +356,7 @@ def _decline_code(number: str) -> DeclineCode | None:
     return cast(DeclineCode, value) if value in DECLINE_CODES else None
 
 
-def _parse(body: object) -> SmsCommand:
+def _parse(body: object) -> SmsCommand | CapacityCommand:
     display, match = _prepare(body)
     spans = _tokens(match, 2 + _WINDOW + 1)
     if not spans:
@@ -364,8 +365,8 @@ def _parse(body: object) -> SmsCommand:
     keys = [_key(w) if len(w) <= _MAX_KEY_INPUT else "" for w in words]
     keyword = keys[0]
     action = KEYWORDS.get(keyword)
-    if action is None:
-        return _UNKNOWN
+    if action is None:  # FULL, OPEN, LINK (starter/sms_capacity.py), or nothing we know
+        return parse_capacity([match[a:b] for a, b in _tokens(match, MAX_WORDS + 2)], _key) or _UNKNOWN
     alone = len(spans) == 1
 
     if keyword == _YES and alone:
@@ -412,7 +413,7 @@ def _parse(body: object) -> SmsCommand:
     return SmsCommand(action, code, text, decline_code, unknown_decline_code)  # type: ignore[arg-type]
 
 
-def parse_sms(body: str) -> SmsCommand:
+def parse_sms(body: str) -> SmsCommand | CapacityCommand:
     """Read one partner SMS. Never raises: anything unreadable is `SmsCommand("unknown")`."""
     try:
         return _parse(body)

@@ -77,6 +77,7 @@ class EscalationPolicy(_Model):
     reflection_period_minors: timedelta = timedelta(days=30)
     reflection_end_notice: timedelta = timedelta(days=5)  # the coordinator is told this long before it ends
     continue_as_new_after_events: int = Field(default=500, ge=MIN_EVENTS_PER_RUN, le=MAX_EVENTS_PER_RUN)
+    offers_to_backup_sms: bool = False  # offers and reminders go to a partner's backup number too
 
 
 class MatchRequest(_Model):
@@ -84,11 +85,52 @@ class MatchRequest(_Model):
     region: str
     languages: list[str] = Field(default_factory=list)
     minor: bool = False
+    # Set by referrals matched with capacity and opening hours (capacity-2026-12): an emergency
+    # goes first to partners open now.
+    urgency: Urgency | None = None
+
+
+class OpenWindow(_Model):
+    """A time a partner is open, in UTC: its opening hours as the matching activity read them."""
+
+    opens: datetime
+    closes: datetime
 
 
 class Candidate(_Model):
     partner_id: str
     name: str
+    # When the partner is open, from the matching's time for a few days (activities/matching.py);
+    # None: always (or matched before opening hours were known). An urgent or normal offer made
+    # while it is closed counts its reply period from the next opening.
+    open_windows: list[OpenWindow] | None = None
+
+
+SkipReason = Literal["full", "closed"]
+
+
+class SkippedPartner(_Model):
+    """A partner the matching passed over: full for the service (it said FULL), or closed when an
+    emergency was matched (offered after the partners open then)."""
+
+    partner_id: str
+    reason: SkipReason
+    until: datetime | None = Field(default=None, description="full: until then (none: until it says OPEN); closed: when it opens")
+    offered_instead: str | None = Field(default=None, description="the candidate offered in its place; none: no candidate after it")
+
+
+class MatchResult(_Model):
+    """The matching activity's answer (capacity-2026-12): the ladder, and who was skipped."""
+
+    candidates: list[Candidate]
+    skipped: list[SkippedPartner] = Field(default_factory=list)
+
+
+# Activities the workflows call by name: their code reads the project's database, which workflow
+# code never imports (activities/availability.py).
+MATCH_AVAILABLE_PARTNERS = "match_available_partners"
+TELL_CAPACITY_CHANGE = "tell_coordinators_of_capacity"
+RECORD_CAPACITY_LAPSE = "record_capacity_lapse"
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -134,6 +176,7 @@ class Notice(_Model):
     context: NoticeContext
     # The referral's n-th notice, counted across its runs (None: sent before notices were counted)
     number: int | None = None
+    backup_sms: bool = False  # also to the partner's backup number (an offer or reminder, when the policy says so)
 
     def send_key(self, workflow_id: str, channel: str) -> str | None:
         """What the outbox, Twilio and SMTP dedupe this notice's sends on: the same for every
@@ -210,6 +253,8 @@ class Attempt(_Model):
     replied_at: datetime | None = None
     reason: str | None = None
     decline_code: DeclineCode | None = None  # ledger.record.DECLINE_CODES; only on a decline
+    # The partner was closed when offered: the reminder and deadline count from this opening.
+    opens_at: datetime | None = None
 
 
 class FollowUp(_Model):
@@ -256,6 +301,7 @@ class ServiceStatus(_Model):
     last_escalated_at: datetime | None = None
     coordinator_acted_at: datetime | None = None
     outcome: ServiceOutcome | None = Field(default=None, description="how the service ended (ledger.record.SERVICE_OUTCOMES); None while open")
+    skipped: list[SkippedPartner] = Field(default_factory=list, description="partners the matching passed over: full, or closed for an emergency")
 
 
 class ChannelReport(_Model):
@@ -337,6 +383,23 @@ class CarriedState(_Model):
     notices_sent: int = 0
     reflection_ends_at: datetime | None = None
     reflection_notice_done: bool = False
+
+
+# --- partners' capacity ---------------------------------------------------------------------
+
+
+class CapacityNotice(_Model):
+    """One change of a partner's capacity (FULL / OPEN by SMS or on its page), as the
+    coordinators' notice workflow takes it (workflows/capacity_notice.py). Codes and times only."""
+
+    change_id: int
+    partner_id: str
+    state: Literal["full", "open"]
+    scope: Service | None = Field(default=None, description="the service the change named; none: all the partner's services")
+    flipped: list[Service] = Field(default_factory=list, description="services that went full, or reopened, with this change")
+    at: datetime
+    until: datetime | None = None
+    channel: str
 
 
 ReferralInput.model_rebuild()

@@ -98,12 +98,14 @@ class Notices:
     def send(self, recipient: str, recipient_id: str, template: str, **extra: object) -> asyncio.Task[bool]:
         """Send by email and, where it matters, SMS, in the background; the task says if any got through."""
         self.sent += 1
+        backup_sms = bool(extra.pop("backup_sms", False))  # to the partner's backup number too
         notice = Notice(
             recipient=recipient,
             recipient_id=recipient_id,
             template=template,
             context=self._context(**extra),
             number=self.sent,
+            backup_sms=backup_sms,
         )
         by_sms = PARTNER_TEMPLATES_BY_SMS if recipient == "partner" else COORDINATOR_TEMPLATES_BY_SMS
         channels = ["sms", "email"] if template in by_sms else ["email"]

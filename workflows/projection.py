@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from workflows.models import STAGE_ORDER, AlertedRole, Attempt, FollowUp, ServiceStatus, Stage
+from workflows.models import STAGE_ORDER, AlertedRole, Attempt, FollowUp, ServiceStatus, SkippedPartner, Stage
 
 # --- one service ---------------------------------------------------------------------------
 
@@ -155,7 +155,7 @@ def alerted(template: str, urgency: str, escalation_level: int) -> list[AlertedR
 TimelineKind = Literal[
     "offer", "reminder", "accepted", "declined", "timed_out", "withdrawn", "reassigned", "awaiting",
     "assigned", "ladder_exhausted", "checkin_sent", "checkin_ok", "checkin_done", "checkin_issue",
-    "checkin_silence", "checkin_due", "completed",
+    "checkin_silence", "checkin_due", "completed", "skipped_full", "skipped_closed",
 ]
 
 
@@ -192,6 +192,8 @@ def service_timeline(s: ServiceStatus) -> list[TimelineEvent]:
     events: list[TimelineEvent] = []
     for a in s.attempts:
         p = a.partner_id
+        # Partners the matching passed over for this one, just before its offer.
+        events += [_skipped_event(k, a.offered_at) for k in s.skipped if k.offered_instead == p and a is _first_offer(s, p)]
         events.append(TimelineEvent(a.offered_at, "offer", p, deadline=a.deadline))
         if a.reminded:
             events.append(TimelineEvent(a.remind_at, "reminder", p))
@@ -204,6 +206,7 @@ def service_timeline(s: ServiceStatus) -> list[TimelineEvent]:
         events.append(TimelineEvent(s.accepted_at, "assigned", s.partner_id))
     if s.stage == "escalated":
         last = max((e.at for e in events if e.at and not e.future), default=None)
+        events += [_skipped_event(k, last) for k in s.skipped if k.offered_instead is None]
         events.append(TimelineEvent(last, "ladder_exhausted", highlight=True))
     for f in s.follow_ups:
         if f.sent_at:
@@ -219,6 +222,15 @@ def service_timeline(s: ServiceStatus) -> list[TimelineEvent]:
     past = sorted((e for e in events if not e.future), key=lambda e: (e.at is None, e.at or _EPOCH))
     future = sorted((e for e in events if e.future), key=lambda e: e.at or _END)
     return past + future
+
+
+def _first_offer(s: ServiceStatus, partner_id: str) -> Attempt | None:
+    return next((a for a in s.attempts if a.partner_id == partner_id), None)
+
+
+def _skipped_event(k: SkippedPartner, at: datetime | None) -> TimelineEvent:
+    # `deadline`: until when it is full, or when it opens
+    return TimelineEvent(at, "skipped_full" if k.reason == "full" else "skipped_closed", k.partner_id, deadline=k.until)
 
 
 def latest_event(s: ServiceStatus) -> TimelineEvent | None:
@@ -252,6 +264,8 @@ def describe(e: TimelineEvent) -> str:
         return f"assigned to {p}"
     if e.kind == "checkin_sent":
         return f"check-in {e.checkin} sent"
+    if e.kind.startswith("skipped_"):
+        return f"{p} skipped ({e.kind.removeprefix('skipped_')})"
     if e.kind.startswith("checkin_"):
         return f"check-in {e.checkin}: {e.kind.removeprefix('checkin_')}"
     return {"ladder_exhausted": "no candidate left"}.get(e.kind, e.kind.replace("_", " "))
@@ -272,6 +286,9 @@ def details_markdown(code: str, stage: str, urgency: str, services: Iterable[Ser
         last = latest_event(s)
         event = f"{describe(last)} ({last.at:%H:%M} UTC)" if last is not None and last.at is not None else "-"
         lines.append(f"| {s.service} | {s.stage} | {s.partner_id or '-'} | {when} | {s.escalation_level} | {event} |")
+    skips = [skipped_line(s) for s in services if s.skipped]
+    if skips:
+        lines += ["", *skips]
     alerts = [alert_line(s) for s in services if s.stage == "escalated" and s.next_alert_at]
     if alerts:
         lines += ["", *alerts]
@@ -286,6 +303,15 @@ def alert_line(s: ServiceStatus) -> str:
     who = " and ".join(r.replace("_", " ") for r in s.last_alerted) or "-"
     nxt = when_utc(s.next_alert_at) if s.next_alert_at else "-"
     return f"- `{s.service}`: {last} to {who}; next alert {nxt}"
+
+
+def skipped_line(s: ServiceStatus) -> str:
+    """Who the matching passed over, and for whom: `- shelter: cas-assoc full, ... for nat-shelter-amane`."""
+    parts = []
+    for k in s.skipped:
+        until = f" until {when_utc(k.until)}" if k.until and k.reason == "full" else f" (opens {when_utc(k.until)})" if k.until else ""
+        parts.append(f"{k.partner_id} {k.reason}{until}, " + (f"offered to {k.offered_instead} instead" if k.offered_instead else "no one after it"))
+    return f"- `{s.service}` skipped: " + "; ".join(parts)
 
 
 def summary_line(s: ServiceStatus) -> str:

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.intake import assess
     from workflows.ledger_writes import LedgerWriter
     from workflows.models import (
+        MATCH_AVAILABLE_PARTNERS,
         ActionOutcome,
         CarriedState,
         ChannelProblem,
@@ -38,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         CoordinatorAction,
         EscalationPolicy,
         MatchRequest,
+        MatchResult,
         NoticeContext,
         PartnerReply,
         PersonDetails,
@@ -60,6 +62,10 @@ CONFIG_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interv
 # before it (no marker in its history) keeps the former lifecycle in its current run until it
 # continues as new (workflows/continuation.py); its next run is all new.
 LONG_LIVED = "long-lived-referral-2026-11"
+# workflow.patched id, asked once when a new referral is matched: partners full for a service are
+# skipped, an emergency goes first to partners open now, offers to a closed partner count their
+# reply period from its next opening, and the status shows who was skipped.
+CAPACITY = "capacity-2026-12"
 
 
 @workflow.defn
@@ -161,26 +167,31 @@ class ReferralWorkflow(Continuation, ServiceLadder):
             retry_policy=CONFIG_RETRY,
             summary=f"load the escalation policy for {self._assessment.urgency}",
         )
-        ladders = await asyncio.gather(
-            *(
-                workflow.execute_activity_method(
-                    ReferralActivities.match_partners,
-                    MatchRequest(
-                        service=service,
-                        region=input.intake.region,
-                        languages=input.intake.person.languages,
-                        minor=self._assessment.minor,
-                    ),
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=CONFIG_RETRY,
-                    summary=f"rank partners for {service} in {input.intake.region}",
-                )
-                for service in self._services
+        with_capacity = workflow.patched(CAPACITY)
+        matched = await asyncio.gather(*(self._match(service, input, with_capacity) for service in self._services))
+        for run, result in zip(self._services.values(), matched, strict=True):
+            run.ladder = result.candidates
+            run.status.candidates = [c.partner_id for c in result.candidates]
+            run.status.skipped = result.skipped
+
+    async def _match(self, service: str, input: ReferralInput, with_capacity: bool) -> MatchResult:
+        """A service's ladder: with partners' capacity and opening hours (capacity-2026-12), or,
+        for a referral started before, as it was matched then."""
+        request = MatchRequest(service=service, region=input.intake.region, languages=input.intake.person.languages, minor=self._assessment.minor)
+        summary = f"rank partners for {service} in {input.intake.region}"
+        if with_capacity:
+            return await workflow.execute_activity(
+                MATCH_AVAILABLE_PARTNERS,
+                request.model_copy(update={"urgency": self._assessment.urgency}),
+                result_type=MatchResult,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=CONFIG_RETRY,
+                summary=summary,
             )
+        ladder = await workflow.execute_activity_method(
+            ReferralActivities.match_partners, request, start_to_close_timeout=timedelta(seconds=30), retry_policy=CONFIG_RETRY, summary=summary
         )
-        for run, ladder in zip(self._services.values(), ladders, strict=True):
-            run.ladder = ladder
-            run.status.candidates = [c.partner_id for c in ladder]
+        return MatchResult(candidates=ladder)
 
     # --- the reflection period ---------------------------------------------------------------
 

@@ -4,6 +4,8 @@ its start and of dates, used by ReferralWorkflow and checked on their own by uni
 - An escalated service's alert repeats back off: the first after `escalated_alert_every`, each
   next one `escalated_alert_backoff` times later, never more than `escalated_alert_max` apart;
   after `focal_point_after_alerts` unanswered repeats the national focal point is alerted too.
+- An urgent or normal offer to a partner closed when it is made counts its reply period (the
+  reminder, the deadline) from the partner's next opening; an emergency's from the offer.
 - Follow-up runs through the reflection period: the policy's check-ins after acceptance, then one
   every `follow_up_every` and one at the period's end, if it ends later; the coordinator is told
   `reflection_end_notice` before the end.
@@ -15,7 +17,23 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from workflows.models import EscalationPolicy
+from workflows.models import EscalationPolicy, OpenWindow
+
+# --- offers ------------------------------------------------------------------------------------
+
+
+def reply_period_starts(open_windows: list[OpenWindow] | None, offered_at: datetime, urgency: str) -> datetime:
+    """THE rule for an offer to a partner that may be closed: its reply period starts when the
+    offer is made, unless the referral is urgent or normal and the partner is closed then (its
+    opening windows from the matching say so): at its next opening. Past the windows the
+    matching gave (activities/matching.py MATCH_HORIZON), at once, as for a partner always open."""
+    if open_windows is None or urgency == "emergency":
+        return offered_at
+    for window in open_windows:
+        if window.closes > offered_at:
+            return max(window.opens, offered_at)
+    return offered_at
+
 
 # --- escalated alerts ------------------------------------------------------------------------
 

@@ -112,11 +112,15 @@ class ServiceLadder:
     async def _offer(self, run: ServiceRun, candidate: Candidate) -> None:
         policy = self._require_policy()
         now = workflow.now()
+        # A partner closed now (its opening hours, from a matching of capacity-2026-12) has its
+        # reply period counted from its next opening, unless the referral is an emergency.
+        starts = schedules.reply_period_starts(candidate.open_windows, now, policy.urgency)
         attempt = Attempt(
             partner_id=candidate.partner_id,
             offered_at=now,
-            remind_at=now + policy.remind_after,
-            deadline=now + policy.reply_within,
+            remind_at=starts + policy.remind_after,
+            deadline=starts + policy.reply_within,
+            opens_at=starts if starts > now else None,
         )
         run.status.attempts.append(attempt)
         run.status.partner_id = candidate.partner_id
@@ -126,7 +130,7 @@ class ServiceLadder:
         self._count("offers_sent", "offers made to a partner", service=run.status.service)
 
         settled = lambda: attempt.outcome is not None or self._interrupted(run)  # noqa: E731
-        reached = self._notify_partner(run, candidate.partner_id, "offer", deadline=attempt.deadline)
+        reached = self._notify_partner(run, candidate.partner_id, "offer", deadline=attempt.deadline, backup_sms=policy.offers_to_backup_sms)
         # Not a safe wait: whether the offer reached the partner decides what comes next.
         await self._wait_until(
             lambda: settled() or reached.done(),
@@ -153,7 +157,8 @@ class ServiceLadder:
             settled, attempt.remind_at, f"remind {who} if no reply by {_at(attempt.remind_at)}", safe=service
         ):
             attempt.reminded = True
-            self._notify_partner(run, attempt.partner_id, "reminder", deadline=attempt.deadline)
+            backup = self._require_policy().offers_to_backup_sms
+            self._notify_partner(run, attempt.partner_id, "reminder", deadline=attempt.deadline, backup_sms=backup)
         if not await self._wait_until(
             settled, attempt.deadline, f"escalate if {who} has not replied by {_at(attempt.deadline)}", safe=service
         ):

@@ -508,7 +508,7 @@ def test_reserved_key_in_a_ladder(tmp_path: Path, key: str) -> None:
 
 LADDER_KEYS = {
     "reply_within", "remind_after", "checkin_answer_within",
-    "escalated_alert_every", "escalated_alert_backoff", "escalated_alert_max", "focal_point_after_alerts",
+    "escalated_alert_every", "escalated_alert_backoff", "escalated_alert_max", "focal_point_after_alerts", "offers_to_backup_sms",
 }  # fmt: skip
 POLICY_WIDE_KEYS = {"urgencies", "follow_ups", "follow_up_every", "reflection_period", "reflection_end_notice", "continue_as_new_after_events"}
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from starter.sms_capacity import CapacityCommand
 from starter.sms_commands import (
     ACTIONS,
     CODE_ALPHABET,
@@ -17,6 +18,7 @@ from starter.sms_commands import (
     normalise_code,
     parse_sms,
 )
+from workflows.intake import SERVICES
 
 CODE = "7K3Q9"
 
@@ -325,7 +327,12 @@ any_text = st.one_of(
 )
 
 
-def check_invariants(result: SmsCommand) -> None:
+def check_invariants(result: SmsCommand | CapacityCommand) -> None:
+    if isinstance(result, CapacityCommand):  # FULL, OPEN, LINK: tests/starter/test_sms_capacity.py
+        assert result.action in ("full", "open", "link")
+        assert result.service is None or result.service in SERVICES
+        assert result.duration is None or (result.action == "full" and result.problem is None)
+        return
     assert isinstance(result, SmsCommand)
     assert result.action in ACTIONS
     if result.code is not None:

@@ -11,7 +11,7 @@ from typing import Any, get_args
 import pytest
 
 from workflows import projection as pj
-from workflows.models import STAGE_ORDER, STAGES, Attempt, FollowUp, ServiceStatus
+from workflows.models import STAGE_ORDER, STAGES, Attempt, FollowUp, ServiceStatus, SkippedPartner
 
 T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -196,3 +196,33 @@ def test_details_markdown_has_a_row_per_service_and_nothing_personal() -> None:
     assert pj.details_markdown("12345", "closed", "high", [], "completed").endswith("Closed: completed")
     assert pj.summary_line(accepted("p2")) == "shelter: follow_up, p2, 1 offer(s), escalation level 0"
     assert pj.summary_line(offered("p1")) == "shelter: awaiting_acceptance, no partner, 1 offer(s), escalation level 0"
+
+
+# --- partners skipped by the matching (capacity-2026-12) ---------------------------------------
+
+
+def skipped_service() -> ServiceStatus:
+    skipped = [
+        SkippedPartner(partner_id="full-1", reason="full", offered_instead="p1"),
+        SkippedPartner(partner_id="closed-1", reason="closed", until=T0 + 8 * HOUR, offered_instead="p1"),
+        SkippedPartner(partner_id="full-2", reason="full", until=T0 + 72 * HOUR),
+    ]
+    timed_out = attempt("p1", outcome="timed_out")
+    return service(stage="escalated", attempts=[timed_out], skipped=skipped, escalation_level=2)
+
+
+def test_the_timeline_shows_who_was_skipped_before_each_offer() -> None:
+    events = pj.service_timeline(skipped_service())
+    kinds = [(e.kind, e.partner_id) for e in events]
+    assert kinds[:3] == [("skipped_full", "full-1"), ("skipped_closed", "closed-1"), ("offer", "p1")]
+    # No one after it: shown where the ladder ran out.
+    assert kinds[-2:] == [("skipped_full", "full-2"), ("ladder_exhausted", None)]
+    assert pj.describe(events[0]) == "full-1 skipped (full)"
+
+
+def test_the_ui_details_show_who_was_skipped_and_for_whom() -> None:
+    text = pj.details_markdown("12345", "escalated", "urgent", [skipped_service()], None)
+    assert (
+        "- `shelter` skipped: full-1 full, offered to p1 instead; closed-1 closed (opens 2026-11-28 17:00 UTC), offered to p1 instead; "
+        "full-2 full until 2026-12-01 09:00 UTC, no one after it"
+    ) in text

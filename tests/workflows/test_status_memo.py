@@ -19,6 +19,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
 
+from activities.availability import AvailabilityActivities
 from activities.directory import load_directory
 from activities.ledger import LedgerActivities
 from activities.referral_activities import ReferralActivities
@@ -42,6 +43,7 @@ from workflows.models import (
     ReferralInput,
     ReferralStatus,
     ServiceStatus,
+    SkippedPartner,
 )
 from workflows.referral import ReferralWorkflow
 
@@ -71,8 +73,9 @@ def every_field_set() -> ReferralStatus:
     then covers them all; `test_the_example_sets_every_field` keeps it so)."""
     attempt = Attempt(
         partner_id="cas-assoc", offered_at=at(), remind_at=at(hours=12), deadline=at(hours=24), reminded=True,
-        outcome="declined", replied_at=at(hours=13, microseconds=7), reason="no beds tonight", decline_code=1,
+        outcome="declined", replied_at=at(hours=13, microseconds=7), reason="no beds tonight", decline_code=1, opens_at=at(hours=-1),
     )  # fmt: skip
+    skipped = SkippedPartner(partner_id="dak-assoc", reason="closed", until=at(hours=8, minutes=30), offered_instead="cas-assoc")
     checkin = FollowUp(
         number=1, partner_id="nat-shelter-amal", due_at=at(days=2), sent_at=at(days=2, microseconds=1),
         answer_by=at(days=3), answer="ok", answered_at=at(days=2, hours=2),
@@ -81,7 +84,7 @@ def every_field_set() -> ReferralStatus:
         service="shelter", stage="follow_up", candidates=["cas-assoc", "nat-shelter-amal"], partner_id="nat-shelter-amal",
         accepted_at=at(days=1), assigned_by_coordinator=True, attempts=[attempt], escalation_level=2, escalated_alerts=3,
         follow_ups=[checkin], issues_reported=1, completed_at=at(days=9), last_alert_at=at(hours=30),
-        last_alerted=["coordinator", "national_focal_point"], next_alert_at=at(hours=54), outcome="delivered",
+        last_alerted=["coordinator", "national_focal_point"], next_alert_at=at(hours=54), outcome="delivered", skipped=[skipped],
         first_escalated_at=at(hours=24), last_escalated_at=at(hours=30, microseconds=3), coordinator_acted_at=at(days=1),
     )  # fmt: skip
     problem = ChannelProblem(at=at(hours=1), partner_id="cas-assoc", channel="email", problem="undelivered", message_sid="SM" + "a" * 32)
@@ -366,7 +369,8 @@ async def test_a_status_too_large_for_the_memo_leaves_it_and_is_read_by_query(ti
     settings = make_settings()
     task_queue = f"referrals-test-{uuid.uuid4()}"
     worker = Worker(
-        client, task_queue=task_queue, workflows=[ReferralWorkflow], activities=ReferralActivities(settings).all() + LedgerActivities(settings).all(),
+        client, task_queue=task_queue, workflows=[ReferralWorkflow],
+        activities=[*ReferralActivities(settings).all(), *LedgerActivities(settings).all(), *AvailabilityActivities(settings).all()],
         workflow_runner=UnsandboxedWorkflowRunner(), max_cached_workflows=0,
     )  # fmt: skip
     async with worker:

@@ -27,12 +27,14 @@ from temporalio.service import RPCError
 
 from activities.directory import ConfigError, Directory, load_directory
 from config.settings import Settings
+from ledger.capacity import FullSpell
 from ledger.record import SERVICE_OUTCOMES
 from starter import referrals
 from web.deps import client_of, settings_of
 from web.i18n import Words, language_of
 from web.rendering import not_found, render, unavailable
 from web.routes.auth import signed_in_form
+from web.routes.partner_capacity import capacity_of
 from web.security import SecureRoute, authenticated_session, to_login
 from workflows import projection
 from workflows.intake import SERVICES
@@ -87,16 +89,19 @@ def _directory(settings: Settings) -> Directory | None:
         return None
 
 
-def _partners_by_service(directory: Directory | None, status: ReferralStatus) -> dict[str, list[dict[str, Any]]] | None:
+def _partners_by_service(
+    directory: Directory | None, status: ReferralStatus, full: dict[str, dict[str, FullSpell]] | None = None
+) -> dict[str, list[dict[str, Any]]] | None:
     """For the assign action: active directory partners offering each service, those covering
-    the referral's region first. None when the directory cannot be read."""
+    the referral's region first, with when they went full for it. None when the directory cannot be read."""
     if directory is None:
         return None
     out: dict[str, list[dict[str, Any]]] = {}
     for service in status.services:
         partners = [p for p in directory.partners if p.active and service.service in p.services]
         partners.sort(key=lambda p: (status.region not in p.regions, p.rank, p.id))
-        out[service.service] = [{"id": p.id, "name": p.name, "national": p.national} for p in partners]
+        spells = {p.id: (full or {}).get(p.id, {}).get(service.service) for p in partners}
+        out[service.service] = [{"id": p.id, "name": p.name, "national": p.national, "full": spells[p.id]} for p in partners]
     return out
 
 
@@ -139,7 +144,9 @@ async def referral_page(request: Request, code: str) -> Response:
         timelines=timelines,
         partner_name=partner_name,
         partner_names=partner_names,
-        partners=_partners_by_service(directory, status) if status.stage != "closed" else {},
+        partners=_partners_by_service(directory, status, await capacity_of(settings, directory.partners) if directory else None)
+        if status.stage != "closed"
+        else {},
         outcomes=SERVICE_OUTCOMES,
         created=q.get("created") == "1",
         existing=q.get("existing") == "1",

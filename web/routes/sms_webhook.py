@@ -79,7 +79,8 @@ from activities.sms_store import (
 from config.settings import Settings
 from infra.translations import DEFAULT_LANGUAGE, LANGUAGES, Translations, translations
 from ledger.record import DECLINE_CODES
-from starter import referrals
+from starter import capacity, referrals
+from starter.sms_capacity import CapacityCommand
 from starter.sms_commands import SmsCommand, parse_sms
 from starter.sms_reply import INBOUND_PATH, STATUS_PATH, public_url
 from workflows.intake import normalise_phone
@@ -374,10 +375,14 @@ async def _inbound(request: Request, form: dict[str, str], sid: str) -> tuple[An
         return Answer("unknown_sender", neutral_text(settings)), None
 
     lang = partner.language
+    if isinstance(command, CapacityCommand):  # FULL, OPEN, LINK (starter/capacity.py)
+        kind, key, values = await capacity.on_sms(client, settings, partner, command, sid)
+        return Answer(kind, reply_text(settings, lang, key, **values), final=kind != "unavailable"), partner.id
     try:
         if action == "help":
             codes = await _open_codes(client, partner.id, budget)
             text = reply_text(settings, lang, "help", codes=_codes_text(codes, settings, lang), reasons=DECLINE_CODES)
+            text += "\n" + reply_text(settings, lang, "capacity_help")
             return Answer("help", text), partner.id
         if action not in _KEYWORD:
             return Answer("unknown_command", reply_text(settings, lang, "unknown_command")), partner.id
