@@ -23,7 +23,7 @@ from tests.replay import HISTORIES, altered, payload_texts, replay_data_converte
 from tests.replay.record import MAX_BYTES, PATHS, PHONE, PSEUDONYM, path_of_file
 from worker import workflow_runner
 from workflows import ledger_writes, status_memo
-from workflows.referral import LONG_LIVED, ReferralWorkflow
+from workflows.referral import CAPACITY, LONG_LIVED, ReferralWorkflow
 
 FILES = sorted(HISTORIES.glob("*.json"))
 
@@ -113,4 +113,4 @@ def test_todays_recordings_carry_todays_patches():
             for e in load(HISTORIES / f"{name}.json").events
             if e.marker_recorded_event_attributes.marker_name == "core_patch"
         }
-        assert {LONG_LIVED, status_memo.PATCH, ledger_writes.PATCH} <= patches, (name, patches)
+        assert {LONG_LIVED, status_memo.PATCH, ledger_writes.PATCH, CAPACITY} <= patches, (name, patches)
