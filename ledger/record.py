@@ -97,7 +97,14 @@ class ServiceRecord(_Record):
     accepted_at: MaybeWhen = None
     accepted_by: Code | None = Field(default=None, description="the partner id that accepted or was assigned")
     assigned_by_coordinator: bool = False
-    escalations: int = Field(default=0, ge=0, description="times the coordinator was told nobody took the service")
+    escalations: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "times the service escalated: an offer timed out, no candidate left, a check-in unanswered"
+            " (the coordinator told each time), unanswered alerts sent on to the national focal point"
+        ),
+    )
     first_escalated_at: MaybeWhen = None
     last_escalated_at: MaybeWhen = None
     alerts: int = Field(default=0, ge=0, description="repeated alerts while escalated")

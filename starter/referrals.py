@@ -9,10 +9,13 @@ memo; the second one moves on to the next derived code.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from pydantic import BaseModel
 from temporalio.api.common.v1 import WorkflowExecution
@@ -42,6 +45,8 @@ from workflows.models import (
 from workflows.referral import ReferralWorkflow
 
 _MAX_CODE_TRIES = 16
+_READ_TRIES = 4
+_T = TypeVar("_T")
 
 
 class ReferralNotFound(Exception):
@@ -136,7 +141,21 @@ async def _describe(client: Client, wid: str) -> DescribeWorkflowExecutionRespon
     """The bare describe call, not handle.describe(): that one also parses every search
     attribute, which fails on the time-skipping test server once ReplyDueBy is cleared."""
     request = DescribeWorkflowExecutionRequest(namespace=client.namespace, execution=WorkflowExecution(workflow_id=wid))
-    return await client.workflow_service.describe_workflow_execution(request)
+    return await _read(lambda: client.workflow_service.describe_workflow_execution(request, retry=True))
+
+
+async def _read(call: Callable[[], Awaitable[_T]]) -> _T:
+    """A read of the server, tried again when the server answers CANCELLED ("operation was
+    canceled": its own call to the history service was cut, seen on a loaded dev server), which
+    the SDK's retry leaves alone. Reads are safe to repeat."""
+    for attempt in range(_READ_TRIES):
+        try:
+            return await call()
+        except RPCError as err:
+            if err.status != RPCStatusCode.CANCELLED or attempt == _READ_TRIES - 1:
+                raise
+            await asyncio.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _handle(client: Client, code: str) -> WorkflowHandle:
@@ -166,12 +185,9 @@ async def status_and_input(client: Client, code: str) -> tuple[ReferralStatus, R
     PERSONAL DATA: never log or show it; `referral ledger rebuild` takes the ledger's codes from it)."""
     execution = WorkflowExecution(workflow_id=workflow_id(code))
     try:
-        # One after the other: sent together, the dev server now and then answers a referral
-        # that does not exist with "operation was canceled" instead of NOT_FOUND.
         described = await _describe(client, execution.workflow_id)
-        first = await client.workflow_service.get_workflow_execution_history(
-            GetWorkflowExecutionHistoryRequest(namespace=client.namespace, execution=execution, maximum_page_size=1)
-        )
+        request = GetWorkflowExecutionHistoryRequest(namespace=client.namespace, execution=execution, maximum_page_size=1)
+        first = await _read(lambda: client.workflow_service.get_workflow_execution_history(request, retry=True))
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise ReferralNotFound(code) from None

@@ -30,7 +30,7 @@ from config.settings import Settings
 from starter import referrals
 from starter.sms_commands import parse_sms
 from tests.cases import uniform_policy
-from tests.conftest import running_worker, wait_for
+from tests.conftest import running_worker, wait_for, with_ledger
 from tests.fixtures import PARTNERS_FILE
 from web.app import create_app
 from workflows.intake import Intake
@@ -128,7 +128,7 @@ async def hook(dev_env, smtp, tmp_path_factory) -> AsyncIterator[Hook]:
     work: Path = tmp_path_factory.mktemp("fuzz-sms")
     policy = work / "policy.yaml"
     policy.write_text(POLICY, encoding="utf-8")
-    settings_ = Settings(  # type: ignore[call-arg]
+    settings_ = with_ledger(Settings(  # type: ignore[call-arg]
         _env_file=None,
         referral_data_dir=work / "data",
         smtp_host="127.0.0.1",
@@ -141,7 +141,7 @@ async def hook(dev_env, smtp, tmp_path_factory) -> AsyncIterator[Hook]:
         twilio_from_number="+15005550006",
         referral_allow_plaintext=True,
         metrics_port=0,
-    )
+    ))  # the worker writes each referral's ledger record: a migrated SQLite ledger in the data dir
     client = dev_env.client
     async with running_worker(client, settings_) as tq:
         intake = Intake.model_validate(

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from ledger import migrate
 from ledger.report_output import to_csv
@@ -58,8 +60,14 @@ async def test_api_report_is_the_suppressed_report(settings, filled) -> None:
             assert "atlantis" not in r.text and "soon" not in r.text
 
 
-async def test_api_says_when_the_ledger_is_not_set_up(settings) -> None:
-    async with browser_like(settings) as http:
+@pytest.fixture
+def not_set_up(settings, tmp_path: Path):
+    """A ledger database nobody migrated (the tests' settings come with a migrated one)."""
+    return settings.model_copy(update={"ledger_database_url": SecretStr(f"sqlite:///{tmp_path / 'never-migrated.sqlite3'}")})
+
+
+async def test_api_says_when_the_ledger_is_not_set_up(not_set_up) -> None:
+    async with browser_like(not_set_up) as http:
         r = await http.get("/api/reports", headers=AUTH)
         assert r.status_code == 503
         assert r.json() == {"errors": [{"field": "(server)", "message": "the ledger database has no tables: run `referral ledger upgrade`"}]}
@@ -116,8 +124,8 @@ async def test_csv_download_is_the_report_csv(settings, filled) -> None:
         assert "by_month,2026-01,urgent,<5" in r.text.splitlines()
 
 
-async def test_page_when_the_ledger_is_not_set_up(settings) -> None:
-    async with browser_like(settings) as http:
+async def test_page_when_the_ledger_is_not_set_up(not_set_up) -> None:
+    async with browser_like(not_set_up) as http:
         await log_in(http, next_url="/reports")
         r = await http.get("/reports", params={"lang": "en"})
         assert r.status_code == 503 and "The ledger is unavailable for the moment." in r.text
