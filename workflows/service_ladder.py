@@ -29,10 +29,17 @@ with workflow.unsafe.imports_passed_through():
         CarriedService,
         EscalationPolicy,
         FollowUp,
+        MatchResult,
+        ReferralInput,
         ServiceStatus,
     )
     from workflows.notices import Notices
     from workflows.projection import when_utc as _at
+
+# workflow.patched id, asked when a service moves on to another partner: the ladder is matched
+# again first, so a partner that said FULL since the start is not offered (README, "Partners'
+# capacity and hours"). A referral without the marker goes down its ladder as it was matched.
+RECHECK = "capacity-recheck-2026-12"
 
 
 @dataclass
@@ -77,12 +84,14 @@ class ServiceLadder:
         _long_lived: bool  # the referral runs this code's lifecycle (workflow.patched, referral.py)
         _reflection_ends_at: datetime | None
         _safe_waits: dict[str, Callable[[], bool]]
+        _input: ReferralInput
 
         def _publish(self) -> None: ...
         def _log(self, message: str, **fields: object) -> None: ...
         def _count(self, name: str, description: str, **labels: str) -> None: ...
         def _notify_coordinator(self, run: ServiceRun, template: str, **extra: object) -> asyncio.Task[bool]: ...
         def _notify_partner(self, run: ServiceRun, partner_id: str, template: str, **extra: object) -> asyncio.Task[bool]: ...
+        async def _match(self, service: str, input: ReferralInput, with_capacity: bool) -> MatchResult: ...
 
     async def _run_service(self, run: ServiceRun) -> None:
         run.started = True
@@ -94,6 +103,11 @@ class ServiceLadder:
             elif (pending := projection.pending_attempt(run.status)) is not None:
                 await self._await_reply(run, pending)  # an offer carried from the run before
             elif run.next_index < len(run.ladder):
+                if run.status.attempts and workflow.patched(RECHECK):
+                    # Moving on to another partner: match again first (capacity-recheck-2026-12).
+                    await self._rematch(run)
+                    if self._interrupted(run) or run.next_index >= len(run.ladder):
+                        continue  # assigned or closed meanwhile, or nobody left to offer
                 candidate = run.ladder[run.next_index]
                 run.next_index += 1
                 await self._offer(run, candidate)
@@ -108,6 +122,19 @@ class ServiceLadder:
         self._publish()
 
     # --- offers ------------------------------------------------------------------------------
+
+    async def _rematch(self, run: ServiceRun) -> None:
+        """The rest of the ladder as matching sees it now: a partner that said FULL since the
+        referral was matched is passed over like one full at the start (and named in `skipped`),
+        one that reopened may be offered, and opening hours are today's. Partners already offered
+        are never offered again."""
+        result = await self._match(run.status.service, self._input, True)
+        offered = {a.partner_id for a in run.status.attempts}
+        run.ladder = run.ladder[: run.next_index] + [c for c in result.candidates if c.partner_id not in offered]
+        run.status.candidates = [c.partner_id for c in run.ladder]
+        known = {(s.partner_id, s.reason) for s in run.status.skipped}
+        run.status.skipped += [s for s in result.skipped if s.partner_id not in offered and (s.partner_id, s.reason) not in known]
+        self._publish()
 
     async def _offer(self, run: ServiceRun, candidate: Candidate) -> None:
         policy = self._require_policy()

@@ -147,6 +147,45 @@ async def test_full_with_a_time_limit_is_answered_with_its_end_and_the_commands_
     assert timedelta(days=3) - timedelta(minutes=1) < change.until - change.at <= timedelta(days=3)
 
 
+# --- FULL said while a referral goes down its ladder ---------------------------------------------
+
+
+async def test_a_partner_full_since_the_match_is_passed_over_when_the_offer_moves_on(dev_env, settings) -> None:
+    """Matching again as a service moves on to another partner (capacity-recheck-2026-12): a
+    shelter that said FULL after the referral was matched is not offered when the partner before
+    it declines; the next one is, and the status names the one passed over. With every partner
+    after it full, the service escalates to the coordinator at once."""
+    async with harness(dev_env, settings) as h:
+        code = await h.start()
+        await h.offered(code, "cas-assoc")
+        assert (await h.status(code)).services[0].candidates == ["cas-assoc", "nat-shelter-amane", "nat-shelter-amal"]
+        assert "hébergement" in await h.reply("nat-shelter-amane", "COMPLET hébergement")
+        assert "refus enregistré" in await h.reply("cas-assoc", f"D {code} 1")
+        await h.offered(code, "nat-shelter-amal")
+        shelter = (await h.status(code)).services[0]
+        assert [a.partner_id for a in shelter.attempts] == ["cas-assoc", "nat-shelter-amal"]
+        assert shelter.candidates == ["cas-assoc", "nat-shelter-amal"]
+        [skipped] = shelter.skipped
+        assert (skipped.partner_id, skipped.reason, skipped.offered_instead) == ("nat-shelter-amane", "full", "nat-shelter-amal")
+        assert "nat-shelter-amane full, offered to nat-shelter-amal instead" in await ui_details(h, code)
+        assert not any(code in body for body in h.sms_to("nat-shelter-amane"))
+
+        # The next referral: amane full from the start, amal says FULL while cas-assoc decides.
+        second = await h.start()
+        await h.offered(second, "cas-assoc")
+        assert "OPEN" in await h.reply("nat-shelter-amal", "FULL shelter")
+        assert "refus enregistré" in await h.reply("cas-assoc", f"D {second} 1")
+
+        async def escalated():
+            service = (await h.status(second)).services[0]
+            return service if service.stage == "escalated" else None
+
+        shelter = await wait_for(escalated)
+        assert [a.partner_id for a in shelter.attempts] == ["cas-assoc"]
+        assert [(s.partner_id, s.reason) for s in shelter.skipped] == [("nat-shelter-amane", "full"), ("nat-shelter-amal", "full")]
+        assert not any(second in body for body in h.sms_to("nat-shelter-amal"))
+
+
 # --- an emergency at 02:00, Casablanca time ------------------------------------------------------
 
 

@@ -32,7 +32,7 @@ from ledger.capacity import FullSpell
 from ledger.migrate import LedgerNotReady
 from starter import capacity
 from web import deps
-from web.routes.partner_page import CSRF_COOKIE, _csrf_ok, _form_nonce, _html, _lang, _message, _read_form, _valid_cookie, _words
+from web.routes.partner_page import CSRF_COOKIE, csrf_ok, form_nonce, page_html, page_lang, page_message, page_words, read_form, valid_cookie
 from web.security import SecureRoute
 from workflows.intake import SERVICES
 
@@ -60,28 +60,28 @@ def _partner(settings: Settings, token: str, lang: str, organisation: bool) -> P
         else:
             _, partner_id = verify_partner_link(settings.partner_link_secret, token)
     except PartnerLinkExpired:
-        return _message(settings, lang, 403, "expired_link")
+        return page_message(settings, lang, 403, "expired_link")
     except PartnerLinkError:
-        return _message(settings, lang, 403, "invalid_link")
+        return page_message(settings, lang, 403, "invalid_link")
     try:
         partner = load_directory(settings.referral_partners_file).partner(partner_id)
     except ConfigError as err:
         log.error("partner directory unreadable", error=str(err))
-        return _message(settings, lang, 503, "unavailable")
-    return partner if partner is not None else _message(settings, lang, 403, "invalid_link")
+        return page_message(settings, lang, 503, "unavailable")
+    return partner if partner is not None else page_message(settings, lang, 403, "invalid_link")
 
 
 async def _page(request: Request, token: str, organisation: bool) -> Response:
     settings = deps.settings_of(request)
-    lang = _lang(request.query_params.get("lang"))
+    lang = page_lang(request.query_params.get("lang"))
     partner = _partner(settings, token, lang, organisation)
     if isinstance(partner, Response):
         return partner
     try:
         full = (await asyncio.to_thread(capacity.full_now, settings, [partner])).get(partner.id, {})
     except (LedgerNotReady, SQLAlchemyError):
-        return _message(settings, lang, 503, "unavailable")
-    words = _words(settings, lang)
+        return page_message(settings, lang, 503, "unavailable")
+    words = page_words(settings, lang)
     rows = []
     for service in partner.services:
         spell = full.get(service)
@@ -95,14 +95,14 @@ async def _page(request: Request, token: str, organisation: bool) -> Response:
     result = request.query_params.get("result")
     cookie = request.cookies.get(CSRF_COOKIE)
     new_cookie = None
-    if not _valid_cookie(cookie):
+    if not valid_cookie(cookie):
         cookie = new_cookie = secrets.token_urlsafe(32)
-    response = _html(
+    response = page_html(
         "partner_capacity.html",
         words,
         partner=partner.name,
         action=request.url.path,
-        csrf=_form_nonce(settings.partner_link_secret or "", cookie or "", token),
+        csrf=form_nonce(settings.partner_link_secret or "", cookie or "", token),
         rows=rows,
         days=FULL_FOR_DAYS,
         result=words.t(f"capacity.result.{result}") if result in RESULTS else None,
@@ -115,16 +115,16 @@ async def _page(request: Request, token: str, organisation: bool) -> Response:
 
 async def _change(request: Request, token: str, organisation: bool) -> Response:
     settings = deps.settings_of(request)
-    lang = _lang(request.query_params.get("lang"))
+    lang = page_lang(request.query_params.get("lang"))
     partner = _partner(settings, token, lang, organisation)
     if isinstance(partner, Response):
         return partner
-    form = await _read_form(request)
+    form = await read_form(request)
     if form is None:
-        return _message(settings, lang, 400, "csrf")
-    lang = _lang(form.get("lang") or lang)
-    if not _csrf_ok(settings, request, token, form.get("csrf")):
-        return _message(settings, lang, 403, "csrf")
+        return page_message(settings, lang, 400, "csrf")
+    lang = page_lang(form.get("lang") or lang)
+    if not csrf_ok(settings, request, token, form.get("csrf")):
+        return page_message(settings, lang, 403, "csrf")
     state = form.get("state")
     service = form.get("service") or None
     days = form.get("days") or "0"
@@ -140,7 +140,7 @@ async def _change(request: Request, token: str, organisation: bool) -> Response:
         except capacity.ServiceNotOffered:
             result = "not_offered"
         except (LedgerNotReady, SQLAlchemyError):
-            return _message(settings, lang, 503, "unavailable")
+            return page_message(settings, lang, 503, "unavailable")
     return RedirectResponse(f"{request.url.path}?lang={lang}&result={result}", status_code=303)
 
 

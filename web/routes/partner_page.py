@@ -62,31 +62,31 @@ MAX_REASON = 500
 _DECLINE_CODE_VALUES = frozenset(str(n) for n in DECLINE_CODES)
 
 
-def _lang(value: str | None) -> str:
+def page_lang(value: str | None) -> str:
     return value if value in LANGS else DEFAULT_LANG
 
 
-def _words(settings: Settings, lang: str) -> Words:
+def page_words(settings: Settings, lang: str) -> Words:
     return Words(lang, settings, section="partner_page")
 
 
-def _html(template: str, words: Words, status: int = 200, **values: object) -> HTMLResponse:
+def page_html(template: str, words: Words, status: int = 200, **values: object) -> HTMLResponse:
     lang = words.lang
     body = render_html(template, lang=lang, dir="rtl" if lang == "ar" else "ltr", t=words.t, languages=LANGUAGE_NAMES.items(), **values)
     return HTMLResponse(body, status_code=status)
 
 
-def _message(settings: Settings, lang: str, status: int, key: str) -> HTMLResponse:
-    return _html("partner_message.html", _words(settings, lang), status, message_key=key)
+def page_message(settings: Settings, lang: str, status: int, key: str) -> HTMLResponse:
+    return page_html("partner_message.html", page_words(settings, lang), status, message_key=key)
 
 
 def _verify(settings: Settings, token: str, lang: str) -> tuple[str, str] | HTMLResponse:
     try:
         return verify_partner_link(settings.partner_link_secret, token)
     except PartnerLinkExpired:
-        return _message(settings, lang, 403, "expired_link")
+        return page_message(settings, lang, 403, "expired_link")
     except PartnerLinkError:
-        return _message(settings, lang, 403, "invalid_link")
+        return page_message(settings, lang, 403, "invalid_link")
 
 
 # --- CSRF: a cookie and a field bound to it and to the token --------------------------------
@@ -95,11 +95,11 @@ def _verify(settings: Settings, token: str, lang: str) -> tuple[str, str] | HTML
 _FORM_PURPOSE = "partner-form"
 
 
-def _form_nonce(secret: str, cookie: str, token: str) -> str:
+def form_nonce(secret: str, cookie: str, token: str) -> str:
     return Signing(secret, _FORM_PURPOSE).digest(cookie, token)
 
 
-def _valid_cookie(value: str | None) -> bool:
+def valid_cookie(value: str | None) -> bool:
     return bool(value) and re.fullmatch(r"[A-Za-z0-9_-]{32,64}", value or "") is not None
 
 
@@ -108,14 +108,14 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def _csrf_ok(settings: Settings, request: Request, token: str, field: str | None) -> bool:
+def csrf_ok(settings: Settings, request: Request, token: str, field: str | None) -> bool:
     origin = request.headers.get("origin")
     if origin and origin != "null" and origin.lower().rstrip("/") != _origin(settings.public_base_url):
         return False
     if request.headers.get("sec-fetch-site") == "cross-site":
         return False
     cookie = request.cookies.get(CSRF_COOKIE)
-    if not _valid_cookie(cookie) or not field or not settings.partner_link_secret:
+    if not valid_cookie(cookie) or not field or not settings.partner_link_secret:
         return False
     return Signing(settings.partner_link_secret, _FORM_PURPOSE).digest_ok(field, cookie, token)  # type: ignore[arg-type]
 
@@ -135,7 +135,7 @@ def _standing(status: ReferralStatus, partner_id: str) -> PartnerStanding:
 @router.get("/p/{token}", response_class=HTMLResponse)
 async def page(token: str, request: Request, lang: str | None = None, result: str | None = None) -> Response:
     settings = deps.settings_of(request)
-    lang = _lang(lang)
+    lang = page_lang(lang)
     verified = _verify(settings, token, lang)
     if isinstance(verified, Response):
         return verified
@@ -146,11 +146,11 @@ async def page(token: str, request: Request, lang: str | None = None, result: st
         state = _standing(status, partner_id)
         person = None if state == "closed" else await _person_details(client, code, partner_id)
     except referrals.ReferralNotFound:
-        return _message(settings, lang, 404, "not_found")
+        return page_message(settings, lang, 404, "not_found")
     except RPCError:
-        return _message(settings, lang, 503, "unavailable")
+        return page_message(settings, lang, 503, "unavailable")
 
-    words = _words(settings, lang)
+    words = page_words(settings, lang)
     none = words.t("none")
     mine = [s for s in status.services if involves(s, partner_id)]
     offer = None
@@ -182,10 +182,10 @@ async def page(token: str, request: Request, lang: str | None = None, result: st
 
     cookie = request.cookies.get(CSRF_COOKIE)
     new_cookie = None
-    if not _valid_cookie(cookie):
+    if not valid_cookie(cookie):
         cookie = new_cookie = secrets.token_urlsafe(32)
-    csrf = _form_nonce(settings.partner_link_secret or "", cookie or "", token)
-    response = _html(
+    csrf = form_nonce(settings.partner_link_secret or "", cookie or "", token)
+    response = page_html(
         "partner_page.html",
         words,
         code=code,
@@ -215,7 +215,7 @@ def _when(value: datetime | None, timezone: str, time_format: str) -> str | None
     return value.astimezone(ZoneInfo(timezone)).strftime(time_format) if value else None
 
 
-async def _read_form(request: Request) -> dict[str, str] | None:
+async def read_form(request: Request) -> dict[str, str] | None:
     """The urlencoded form, or None when it is too big or not a form."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
@@ -235,17 +235,17 @@ async def _read_form(request: Request) -> dict[str, str] | None:
 
 async def _answer(token: str, request: Request, action: str) -> Response:
     settings = deps.settings_of(request)
-    lang = _lang(request.query_params.get("lang"))
+    lang = page_lang(request.query_params.get("lang"))
     verified = _verify(settings, token, lang)
     if isinstance(verified, Response):
         return verified
     code, partner_id = verified
-    form = await _read_form(request)
+    form = await read_form(request)
     if form is None:
-        return _message(settings, lang, 400, "csrf")
-    lang = _lang(form.get("lang") or lang)
-    if not _csrf_ok(settings, request, token, form.get("csrf")):
-        return _message(settings, lang, 403, "csrf")
+        return page_message(settings, lang, 400, "csrf")
+    lang = page_lang(form.get("lang") or lang)
+    if not csrf_ok(settings, request, token, form.get("csrf")):
+        return page_message(settings, lang, 403, "csrf")
 
     service = form.get("service") or None
     reason = ((form.get("reason") or "").strip()[:MAX_REASON] or None) if action == "decline" else None
@@ -271,10 +271,10 @@ async def _answer(token: str, request: Request, action: str) -> Response:
     except referrals.ReferralRejected as err:
         result = err.kind
     except referrals.ReferralNotFound:
-        return _message(settings, lang, 404, "not_found")
+        return page_message(settings, lang, 404, "not_found")
     except RPCError:
-        return _message(settings, lang, 503, "unavailable")
-    if _words(settings, lang).text(f"partner_page.result.{result}") is None:
+        return page_message(settings, lang, 503, "unavailable")
+    if page_words(settings, lang).text(f"partner_page.result.{result}") is None:
         result = "invalid"
     return RedirectResponse(f"/p/{token}?lang={lang}&result={result}", status_code=303)
 
