@@ -24,6 +24,7 @@ from tests.replay.record import MAX_BYTES, PATHS, PHONE, PSEUDONYM, path_of_file
 from worker import workflow_runner
 from workflows import ledger_writes, status_memo
 from workflows.referral import CAPACITY, LONG_LIVED, ReferralWorkflow
+from workflows.service_ladder import RECHECK
 
 FILES = sorted(HISTORIES.glob("*.json"))
 
@@ -104,6 +105,9 @@ async def test_a_breaking_change_fails_replay(variant: type):
         await replayer(variant).replay_workflow(history)
 
 
+MOVES_ON = {"deadline-escalation", "decline-then-accept", "escalated-continued-as-new", "ladder-exhausted-assign", "two-services", "unreachable-partner"}
+
+
 def test_todays_recordings_carry_todays_patches():
     """`<path>.json` is recorded by today's code (older recordings keep a `.v<n>` suffix and go on
     replaying): its first run asks every patch a new referral asks."""
@@ -114,3 +118,5 @@ def test_todays_recordings_carry_todays_patches():
             if e.marker_recorded_event_attributes.marker_name == "core_patch"
         }
         assert {LONG_LIVED, status_memo.PATCH, ledger_writes.PATCH, CAPACITY} <= patches, (name, patches)
+        # Asked only when a service moves on to another partner, which these paths do.
+        assert (RECHECK in patches) == (name in MOVES_ON), (name, patches)
