@@ -31,8 +31,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from starter import sms_commands
 from starter.sms_commands import CODE_ALPHABET, CODE_LENGTH
+from workflows import generations, status_memo
 from workflows import search_attributes as sa
-from workflows import status_memo
 from workflows.intake import Intake, assess
 from workflows.models import (
     ActionOutcome,
@@ -116,7 +116,7 @@ async def start_referral(client: Client, intake: Intake, task_queue: str) -> Sta
         try:
             await client.start_workflow(
                 ReferralWorkflow.run,
-                ReferralInput(code=code, intake=intake, assessment=assessment),
+                ReferralInput(code=code, intake=intake, assessment=assessment, generation=generations.CURRENT),
                 id=wid,
                 task_queue=task_queue,
                 # Never a second referral under this id, even after the first one closed.

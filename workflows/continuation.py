@@ -54,6 +54,7 @@ class Continuation:
         def _log(self, message: str, **fields: object) -> None: ...
         def _count(self, name: str, description: str, **labels: str) -> None: ...
         def _require_policy(self) -> EscalationPolicy: ...
+        def _upsert_search_attributes(self) -> None: ...
 
     async def _until_resumed(self) -> None:
         """A reply or action that comes with a carried run's very first task waits until every
@@ -119,6 +120,7 @@ class Continuation:
             reflection_ends_at=self._reflection_ends_at,
             reflection_notice_done=self._reflection_notice_done,
         )
+        self._upsert_search_attributes()  # any change still waiting for the memo's settled moment
         self._log("referral continues as new", run=carried.run, events=workflow.info().get_current_history_length())
         self._count("referral_runs", "runs a referral continued into (continue-as-new)")
         workflow.continue_as_new(self._input.model_copy(update={"carried": carried}), memo=self._memo.for_next_run())

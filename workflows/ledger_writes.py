@@ -33,10 +33,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows import generations
+
 with workflow.unsafe.imports_passed_through():
     from ledger.record import LedgerRecord
 
-PATCH = "ledger-2026-12"
+PATCH = generations.LEDGER  # the change that brought the writes
 # The activity, by name: the workflow imports nothing of the ledger but its record (activities/ledger.py).
 RECORD_REFERRAL = "record_referral"
 # A record the database refuses (too long, not a code): retrying cannot fix it.
@@ -74,6 +76,7 @@ class LedgerWriter:
         milestones: Callable[[], Hashable],
         notices_sent: Callable[[], int],
         code: str,
+        generation: int,
     ) -> None:
         self._record = record  # the record as of the given time
         self._milestones = milestones
@@ -84,7 +87,7 @@ class LedgerWriter:
         self._scheduled: object = None  # the milestones of this run's last write (none yet)
         self._last_dated: datetime | None = None
         self._writes: list[asyncio.Task[None]] = []
-        self._enabled = workflow.patched(PATCH)
+        self._enabled = generations.runs(generation, PATCH)
         self._task = asyncio.create_task(self._run()) if self._enabled else None
 
     def busy(self) -> bool:

@@ -49,6 +49,9 @@ class ReferralInput(_Model):
     # Computed once by the starter, so an edit of workflows/intake.py never changes a running
     # referral. None (referrals started before it was passed): the workflow applies `assess`.
     assessment: Assessment | None = None
+    # The code generation that started the referral (workflows/generations.py): the changes it
+    # runs from its start without asking workflow.patched. 0: started before generations.
+    generation: int = Field(default=0, ge=0)
     carried: CarriedState | None = None  # set only by continue-as-new: the state the run before handed over
 
 

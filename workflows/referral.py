@@ -25,7 +25,7 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from activities.referral_activities import ReferralActivities
     from ledger.record import LedgerRecord, ServiceOutcome
-    from workflows import ledger_entry, projection, schedules, status_memo, update_rules
+    from workflows import generations, ledger_entry, projection, schedules, status_memo, update_rules
     from workflows import search_attributes as sa
     from workflows.continuation import REFLECTION, Continuation
     from workflows.intake import assess
@@ -57,15 +57,15 @@ with workflow.unsafe.imports_passed_through():
 # Config files can be fixed by an operator while the activity retries, so nothing is final.
 CONFIG_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 
-# workflow.patched id, asked once at the start of every run: alerts that back off and climb,
+# Asked once at the start of every run (workflows/generations.py): alerts that back off and climb,
 # follow-up through the reflection period and its notice, continue-as-new. A referral started
 # before it (no marker in its history) keeps the former lifecycle in its current run until it
 # continues as new (workflows/continuation.py); its next run is all new.
-LONG_LIVED = "long-lived-referral-2026-11"
-# workflow.patched id, asked once when a new referral is matched: partners full for a service are
-# skipped, an emergency goes first to partners open now, offers to a closed partner count their
-# reply period from its next opening, and the status shows who was skipped.
-CAPACITY = "capacity-2026-12"
+LONG_LIVED = generations.LONG_LIVED
+# Asked once when a new referral is matched: partners full for a service are skipped, an
+# emergency goes first to partners open now, offers to a closed partner count their reply period
+# from its next opening, and the status shows who was skipped.
+CAPACITY = generations.CAPACITY
 
 
 @workflow.defn
@@ -117,10 +117,16 @@ class ReferralWorkflow(Continuation, ServiceLadder):
 
     @workflow.run
     async def run(self, input: ReferralInput) -> ReferralSummary:
-        self._long_lived = workflow.patched(LONG_LIVED)
-        self._memo = status_memo.MemoPublisher(self.status)  # a no-op for referrals started before it
+        generation = input.generation
+        self._long_lived = generations.runs(generation, LONG_LIVED)
+        # The status in the memo (a no-op for referrals started before it); from generation 1 the
+        # search attributes go with it, once the workflow task has settled: one upsert a task.
+        alongside = (self._search_attributes_due, self._upsert_search_attributes) if generation >= 1 else None
+        self._memo = status_memo.MemoPublisher(self.status, generation, alongside)
         # The ledger's record goes with the notices (a no-op for runs started before it)
-        self._ledger = LedgerWriter(self._ledger_record, lambda: ledger_entry.milestones(self.status()), lambda: self._notices.sent, self._code)
+        self._ledger = LedgerWriter(
+            self._ledger_record, lambda: ledger_entry.milestones(self.status()), lambda: self._notices.sent, self._code, generation
+        )
         self._publish()
         if input.carried is None:
             await self._identify(input)
@@ -160,15 +166,21 @@ class ReferralWorkflow(Continuation, ServiceLadder):
         """A new referral: load the policy it will keep for its whole life, rank each service's partners."""
         self._log("referral started", urgency=self._assessment.urgency, region=input.intake.region, services=list(self._services))
         self._count("referrals_started", "referrals started", urgency=self._assessment.urgency, region=input.intake.region)
-        self._policy = await workflow.execute_activity_method(
+        policy = workflow.execute_activity_method(
             ReferralActivities.load_policy,
             self._assessment.urgency,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=CONFIG_RETRY,
             summary=f"load the escalation policy for {self._assessment.urgency}",
         )
-        with_capacity = workflow.patched(CAPACITY)
-        matched = await asyncio.gather(*(self._match(service, input, with_capacity) for service in self._services))
+        matched: list[MatchResult]
+        if input.generation >= 1:  # the policy and the ladders together: one workflow task
+            ladders = asyncio.gather(*(self._match(service, input, True) for service in self._services))
+            self._policy, matched = await asyncio.gather(policy, ladders)
+        else:  # as referrals started before generations did: the policy first
+            self._policy = await policy
+            with_capacity = workflow.patched(CAPACITY)
+            matched = await asyncio.gather(*(self._match(service, input, with_capacity) for service in self._services))
         for run, result in zip(self._services.values(), matched, strict=True):
             run.ladder = result.candidates
             run.status.candidates = [c.partner_id for c in result.candidates]
@@ -377,21 +389,32 @@ class ReferralWorkflow(Continuation, ServiceLadder):
 
     def _publish(self) -> None:
         """Refresh the UI's current details (no history event: served by the metadata query);
-        upsert search attributes only when something they show changed."""
+        upsert search attributes only when something they show changed: at once, or (generation
+        1 on) with the memo's status once the workflow task has settled."""
+        workflow.set_current_details(
+            projection.details_markdown(self._code, self._stage(), self._assessment.urgency, self._statuses(), self._closed_reason)
+        )
+        memo = getattr(self, "_memo", None)  # (none yet for an update handled before the run began)
+        if memo is None or not memo.carries_alongside():
+            self._upsert_search_attributes()
+
+    def _search_attributes_state(self) -> tuple:
         awaiting, due = projection.awaited(self._statuses())
         engaged = projection.engaged_partners(r.status for r in self._services.values() if not r.done)
-        stage = self._stage()
-        level = self._escalation_level()
-        workflow.set_current_details(
-            projection.details_markdown(self._code, stage, self._assessment.urgency, self._statuses(), self._closed_reason)
-        )
-        state = (stage, tuple(awaiting), tuple(engaged), due, level)
+        return (self._stage(), tuple(awaiting), tuple(engaged), due, self._escalation_level())
+
+    def _search_attributes_due(self) -> bool:
+        return self._search_attributes_state() != self._published
+
+    def _upsert_search_attributes(self) -> None:
+        state = self._search_attributes_state()
         if state == self._published:
             return
         self._published = state
+        stage, awaiting, engaged, due, level = state
         intake = self._input.intake
         workflow.upsert_search_attributes(
-            sa.current(stage, self._assessment.urgency, intake.region, list(self._services), awaiting, engaged, level, due)
+            sa.current(stage, self._assessment.urgency, intake.region, list(self._services), list(awaiting), list(engaged), level, due)
         )
 
     # --- helpers -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import projection, schedules
+    from workflows import generations, projection, schedules
     from workflows.models import (
         Attempt,
         Candidate,
@@ -36,10 +36,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.notices import Notices
     from workflows.projection import when_utc as _at
 
-# workflow.patched id, asked when a service moves on to another partner: the ladder is matched
-# again first, so a partner that said FULL since the start is not offered (README, "Partners'
-# capacity and hours"). A referral without the marker goes down its ladder as it was matched.
-RECHECK = "capacity-recheck-2026-12"
+# The change, asked when a service moves on to another partner: the ladder is matched again
+# first, so a partner that said FULL since the start is not offered (README, "Partners' capacity
+# and hours"). A referral without it goes down its ladder as it was matched.
+RECHECK = generations.RECHECK
 
 
 @dataclass
@@ -103,7 +103,7 @@ class ServiceLadder:
             elif (pending := projection.pending_attempt(run.status)) is not None:
                 await self._await_reply(run, pending)  # an offer carried from the run before
             elif run.next_index < len(run.ladder):
-                if run.status.attempts and workflow.patched(RECHECK):
+                if run.status.attempts and generations.runs(self._input.generation, RECHECK):
                     # Moving on to another partner: match again first (capacity-recheck-2026-12).
                     await self._rematch(run)
                     if self._interrupted(run) or run.next_index >= len(run.ladder):

@@ -31,13 +31,13 @@ from typing import Any
 from pydantic import BaseModel
 from temporalio import workflow
 
-from workflows import projection
+from workflows import generations, projection
 from workflows.intake import Assessment, Intake
 from workflows.models import ReferralStatus, ServiceStatus
 
 MEMO_KEY = "status"
-# The workflow.patched id that guards the memo upserts (referrals started before replay without).
-PATCH = "status-memo-2026-12"
+# The change that brought the memo upserts (referrals started before replay without).
+PATCH = generations.STATUS_MEMO
 FORMAT = 1
 # A status this large (the longest referral the tests build is about half of it) is taken out of the
 # memo rather than refused by the server (at 2 MB), which would fail every workflow task after:
@@ -135,12 +135,20 @@ class MemoPublisher:
     changed: as a rule one upsert, one history event, per workflow task that changed the status.
     Referrals started before the memo held the status replay without it (`workflow.patched`)."""
 
-    def __init__(self, status: Callable[[], ReferralStatus]) -> None:
+    def __init__(
+        self,
+        status: Callable[[], ReferralStatus],
+        generation: int,
+        alongside: tuple[Callable[[], bool], Callable[[], None]] | None = None,
+    ) -> None:
         self._status = status
+        # Another upsert made with this one, at the same settled moment (the referral's search
+        # attributes, generation 1 on): whether it is due, and how to make it.
+        self._alongside = alongside
         self._published: str | None = None  # the status last published, as JSON (a snapshot)
         self._task: asyncio.Task[None] | None = None
         self._too_large = False
-        if workflow.patched(PATCH):
+        if generations.runs(generation, PATCH):
             # The starter's first status, or the one the run before handed over. Compared in the
             # memo's own form: expanding it in the sandbox would meet the sandbox's datetime class.
             memo = workflow.memo_value(MEMO_KEY, None)
@@ -154,7 +162,7 @@ class MemoPublisher:
 
     async def _run(self) -> None:
         while not self._too_large:
-            await workflow.wait_condition(lambda: self._now() != self._published)
+            await workflow.wait_condition(lambda: self._now() != self._published or self._alongside_due())
             # A change often wakes other coroutines of the workflow, over several passes of its
             # event loop (an accepted offer: the offer's wait ends, its next wait is satisfied at
             # once, then follow-up starts): let them run first, until the status has stayed the
@@ -186,8 +194,18 @@ class MemoPublisher:
             return {**others, MEMO_KEY: None}
         return {**others, MEMO_KEY: memo}
 
+    def carries_alongside(self) -> bool:
+        """Whether the upsert made alongside may wait for this publisher (it runs, and goes on running)."""
+        return self._alongside is not None and self._task is not None and not self._too_large
+
+    def _alongside_due(self) -> bool:
+        return self._alongside is not None and self._alongside[0]()
+
     def flush(self) -> None:
-        """Upsert the status now if it changed (the workflow's last step: nothing waits after it)."""
+        """Upsert the status now if it changed (the workflow's last step: nothing waits after it),
+        and what goes alongside it."""
+        if self._alongside is not None:
+            self._alongside[1]()
         if self._task is None or self._too_large:
             return
         status = self._status()

@@ -22,7 +22,7 @@ from tests.cases import PSEUDONYM as EXAMPLE_PSEUDONYM
 from tests.replay import HISTORIES, altered, payload_texts, replay_data_converter
 from tests.replay.record import MAX_BYTES, PATHS, PHONE, PSEUDONYM, path_of_file
 from worker import workflow_runner
-from workflows import ledger_writes, status_memo
+from workflows import generations, ledger_writes, status_memo
 from workflows.referral import CAPACITY, LONG_LIVED, ReferralWorkflow
 from workflows.service_ladder import RECHECK
 
@@ -108,15 +108,26 @@ async def test_a_breaking_change_fails_replay(variant: type):
 MOVES_ON = {"deadline-escalation", "decline-then-accept", "escalated-continued-as-new", "ladder-exhausted-assign", "two-services", "unreachable-partner"}
 
 
-def test_todays_recordings_carry_todays_patches():
+def _patches_of(history: WorkflowHistory) -> set[str]:
+    return {
+        json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
+        for e in history.events
+        if e.marker_recorded_event_attributes.marker_name == "core_patch"
+    }
+
+
+def test_todays_recordings_are_of_the_current_generation():
     """`<path>.json` is recorded by today's code (older recordings keep a `.v<n>` suffix and go on
-    replaying): its first run asks every patch a new referral asks."""
+    replaying): a referral of the current generation (workflows/generations.py), which runs every
+    change of it from its start without asking, so no patch marker; the `.v6` recordings, of
+    generation 0, asked each change as it came."""
+    included = set().union(*generations.INCLUDED.values())
     for name in {p.name for p in PATHS}:
-        patches = {
-            json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
-            for e in load(HISTORIES / f"{name}.json").events
-            if e.marker_recorded_event_attributes.marker_name == "core_patch"
-        }
-        assert {LONG_LIVED, status_memo.PATCH, ledger_writes.PATCH, CAPACITY} <= patches, (name, patches)
+        history = load(HISTORIES / f"{name}.json")
+        started = history.events[0].workflow_execution_started_event_attributes
+        assert json.loads(started.input.payloads[0].data)["generation"] == generations.CURRENT, name
+        assert _patches_of(history) & included == set(), name
+        before = _patches_of(load(HISTORIES / f"{name}.v6.json"))
+        assert {LONG_LIVED, status_memo.PATCH, ledger_writes.PATCH, CAPACITY} <= before, (name, before)
         # Asked only when a service moves on to another partner, which these paths do.
-        assert (RECHECK in patches) == (name in MOVES_ON), (name, patches)
+        assert (RECHECK in before) == (name in MOVES_ON), (name, before)
