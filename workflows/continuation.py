@@ -84,12 +84,21 @@ class Continuation:
         await workflow.wait_condition(lambda: ended() or workflow.info().get_current_history_length() > length)
 
     def _time_to_continue(self) -> bool:
+        return self._history_long() and self._at_safe_point()
+
+    def _history_long(self) -> bool:
         policy = self._policy
         if policy is None:
             return False
         info = workflow.info()
-        long = info.is_continue_as_new_suggested() or info.get_current_history_length() >= policy.continue_as_new_after_events
-        return long and self._at_safe_point()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= policy.continue_as_new_after_events
+
+    def _holds_for_continue_as_new(self) -> bool:
+        """A safe wait whose time came stays where it is once the run is due to continue as new
+        (generation 1 on): the next run waits for the same moment, already past, and acts at
+        once. Without it, a referral whose alerts come faster than its sends finish (a loaded
+        worker, a policy of seconds) would never reach a safe point and grow without bound."""
+        return self._input.generation >= 1 and self._long_lived and self._history_long()
 
     def _at_safe_point(self) -> bool:
         """Every service (and the reflection watch) sits in a safe wait whose condition does not

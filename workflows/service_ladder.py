@@ -92,6 +92,7 @@ class ServiceLadder:
         def _notify_coordinator(self, run: ServiceRun, template: str, **extra: object) -> asyncio.Task[bool]: ...
         def _notify_partner(self, run: ServiceRun, partner_id: str, template: str, **extra: object) -> asyncio.Task[bool]: ...
         async def _match(self, service: str, input: ReferralInput, with_capacity: bool) -> MatchResult: ...
+        def _holds_for_continue_as_new(self) -> bool: ...
 
     async def _run_service(self, run: ServiceRun) -> None:
         run.started = True
@@ -342,7 +343,11 @@ class ServiceLadder:
                 await workflow.wait_condition(condition, timeout=remaining, timeout_summary=summary)
             return True
         except TimeoutError:
-            return condition()
+            if safe is None or condition() or not self._holds_for_continue_as_new():
+                return condition()
+            # Held for continue-as-new: the next run acts at this moment instead (no send twice).
+            await workflow.wait_condition(condition)
+            return True
         finally:
             if safe is not None:
                 self._safe_waits.pop(safe, None)

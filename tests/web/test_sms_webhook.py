@@ -225,6 +225,8 @@ async def test_decline_with_a_reason_moves_to_the_next_partner(dev_env, settings
         text = await h.reply("cas-assoc", f"D {code} pas de place ce soir")
         assert f"R-{code}" in text and "refus enregistré" in text
         assert "pas de place" not in text  # the partner's free text is never echoed
+        # The next offer follows once the ladder is matched again (capacity-recheck-2026-12).
+        await h.offered(code, "nat-shelter-amane")
         shelter = (await h.status(code)).services[0]
         assert shelter.attempts[0].outcome == "declined"
         assert shelter.attempts[0].reason == "pas de place ce soir"
