@@ -245,6 +245,7 @@ def make_stack() -> Stack:
         REFERRAL_TASK_QUEUE=TASK_QUEUE,
         REFERRAL_DATA_DIR=str(tmp / "data"),
         REFERRAL_POLICY_FILE=str(BENCH / "policy.fast.yaml"),
+        REFERRAL_PARTNERS_FILE=str(open_all_hours(tmp)),
         SMTP_HOST=HOST,
         SMTP_PORT=str(stack.smtp_port),
         SMS_BACKEND="twilio",
@@ -321,6 +322,22 @@ async def wait_http(url: str, proc: Proc, limit: float = 60.0) -> None:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
+
+
+def open_all_hours(tmp: Path) -> Path:
+    """The production directory with every partner open at all hours: the bench measures the
+    workflow whatever the time of day, and an offer to a partner closed now would wait for its
+    opening (README, "Partners' capacity and hours")."""
+    import yaml
+
+    from config.settings import CONFIG_DIR
+
+    data = yaml.safe_load((CONFIG_DIR / "partners.yaml").read_text(encoding="utf-8"))
+    for partner in data["partners"]:
+        partner.pop("hours", None)
+    path = tmp / "partners.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
 
 
 def partner_numbers(region: str) -> dict[str, tuple[str, str]]:
