@@ -12,7 +12,7 @@ coordinator id, nor the external_ref.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from datetime import datetime
 
 from ledger.record import LedgerRecord, OfferRecord, ServiceRecord
@@ -95,8 +95,13 @@ def milestones(status: ReferralStatus) -> Hashable:
     escalated or closed (and how), and whether the referral closed. The workflow writes its record
     again when this changed (not at every offer, reminder or check-in: those reach the ledger
     with the next milestone)."""
-    services = tuple((s.service, _MILESTONE[s.stage], s.partner_id if s.accepted_at is not None else None, s.outcome) for s in status.services)
-    return services, status.closed_reason
+    return milestones_of(status.services, status.closed_reason)
+
+
+def milestones_of(services: Iterable[ServiceStatus], closed_reason: str | None) -> Hashable:
+    """`milestones` from the services' statuses and the closure alone: the workflow asks it at
+    every pass of its event loop, where building the whole status would cost a model each time."""
+    return tuple((s.service, _MILESTONE[s.stage], s.partner_id if s.accepted_at is not None else None, s.outcome) for s in services), closed_reason
 
 
 def as_of(status: ReferralStatus) -> datetime:

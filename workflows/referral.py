@@ -125,7 +125,7 @@ class ReferralWorkflow(Continuation, ServiceLadder):
         self._memo = status_memo.MemoPublisher(self.status, generation, alongside)
         # The ledger's record goes with the notices (a no-op for runs started before it)
         self._ledger = LedgerWriter(
-            self._ledger_record, lambda: ledger_entry.milestones(self.status()), lambda: self._notices.sent, self._code, generation
+            self._ledger_record, lambda: ledger_entry.milestones_of(self._statuses(), self._closed_reason), lambda: self._notices.sent, self._code, generation
         )
         self._publish()
         if input.carried is None:
