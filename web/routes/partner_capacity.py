@@ -32,7 +32,7 @@ from ledger.capacity import FullSpell
 from ledger.migrate import LedgerNotReady
 from starter import capacity
 from web import deps
-from web.routes.partner_page import CSRF_COOKIE, csrf_ok, form_nonce, page_html, page_lang, page_message, page_words, read_form, valid_cookie
+from web.routes.partner_page import CSRF_COOKIE, checked_form, form_nonce, page_html, page_lang, page_message, page_words, valid_cookie
 from web.security import SecureRoute
 from workflows.intake import SERVICES
 
@@ -119,12 +119,10 @@ async def _change(request: Request, token: str, organisation: bool) -> Response:
     partner = _partner(settings, token, lang, organisation)
     if isinstance(partner, Response):
         return partner
-    form = await read_form(request)
-    if form is None:
-        return page_message(settings, lang, 400, "csrf")
-    lang = page_lang(form.get("lang") or lang)
-    if not csrf_ok(settings, request, token, form.get("csrf")):
-        return page_message(settings, lang, 403, "csrf")
+    checked = await checked_form(settings, request, token, lang)
+    if isinstance(checked, Response):
+        return checked
+    form, lang = checked
     state = form.get("state")
     service = form.get("service") or None
     days = form.get("days") or "0"

@@ -233,6 +233,18 @@ async def read_form(request: Request) -> dict[str, str] | None:
     return {key: values[0] for key, values in fields.items()}
 
 
+async def checked_form(settings: Settings, request: Request, token: str, lang: str) -> tuple[dict[str, str], str] | HTMLResponse:
+    """A posted form of a partner page and the language it asks for, once its CSRF nonce is
+    checked; otherwise the page that says why (400 not a form, 403 a bad nonce)."""
+    form = await read_form(request)
+    if form is None:
+        return page_message(settings, lang, 400, "csrf")
+    lang = page_lang(form.get("lang") or lang)
+    if not csrf_ok(settings, request, token, form.get("csrf")):
+        return page_message(settings, lang, 403, "csrf")
+    return form, lang
+
+
 async def _answer(token: str, request: Request, action: str) -> Response:
     settings = deps.settings_of(request)
     lang = page_lang(request.query_params.get("lang"))
@@ -240,12 +252,10 @@ async def _answer(token: str, request: Request, action: str) -> Response:
     if isinstance(verified, Response):
         return verified
     code, partner_id = verified
-    form = await read_form(request)
-    if form is None:
-        return page_message(settings, lang, 400, "csrf")
-    lang = page_lang(form.get("lang") or lang)
-    if not csrf_ok(settings, request, token, form.get("csrf")):
-        return page_message(settings, lang, 403, "csrf")
+    checked = await checked_form(settings, request, token, lang)
+    if isinstance(checked, Response):
+        return checked
+    form, lang = checked
 
     service = form.get("service") or None
     reason = ((form.get("reason") or "").strip()[:MAX_REASON] or None) if action == "decline" else None
