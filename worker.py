@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.availability import AvailabilityActivities
+from activities.erasure import ErasureActivities
 from activities.ledger import LedgerActivities
 from activities.observability import LogContextInterceptor
 from activities.referral_activities import ReferralActivities
@@ -20,6 +21,7 @@ from infra.logs import configure_logging
 from infra.temporal import EncryptionNotConfigured, MetricsUnavailable, connect, metrics_runtime
 from ledger.store import LedgerNotReady
 from workflows.capacity_notice import CapacityNoticeWorkflow
+from workflows.erasure import ErasureWorkflow
 from workflows.referral import ReferralWorkflow
 
 log = structlog.get_logger("worker")
@@ -40,8 +42,8 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue or settings.referral_task_queue,
-        workflows=[ReferralWorkflow, CapacityNoticeWorkflow],
-        activities=[*acts.all(), *ledger_acts.all(), *available.all()],
+        workflows=[ReferralWorkflow, CapacityNoticeWorkflow, ErasureWorkflow],
+        activities=[*acts.all(), *ledger_acts.all(), *available.all(), *ErasureActivities(settings).all()],
         interceptors=[LogContextInterceptor()],
         workflow_runner=workflow_runner(),
         max_cached_workflows=settings.worker_max_cached_referrals,

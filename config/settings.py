@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # SQLAlchemy URL: `sqlite:////path/ledger.sqlite3` or `postgresql+psycopg://user:password@host/db`
     # (the password URL-encoded). Unset: the SQLite file ledger.sqlite3 in REFERRAL_DATA_DIR.
     ledger_database_url: SecretStr | None = None
+    # The referrals' data keys (infra/data_keys.py): unset, in the same database as the ledger
+    # (the project's database). Set it to keep them in a database of their own, backed up on its
+    # own schedule (README "Erasure and backups"); `referral ledger upgrade` migrates both.
+    data_keys_database_url: SecretStr | None = None
 
     # Logs
     log_format: Literal["console", "json"] = "console"
@@ -124,6 +128,13 @@ class Settings(BaseSettings):
         if self.ledger_database_url is not None and self.ledger_database_url.get_secret_value().strip():
             return self.ledger_database_url.get_secret_value().strip()
         return f"sqlite:///{(self.referral_data_dir / 'ledger.sqlite3').resolve()}"
+
+    @property
+    def data_keys_url(self) -> str:
+        """DATA_KEYS_DATABASE_URL, or the ledger's database. Holds a password: never log it."""
+        if self.data_keys_database_url is not None and self.data_keys_database_url.get_secret_value().strip():
+            return self.data_keys_database_url.get_secret_value().strip()
+        return self.ledger_url
 
     @property
     def outbox_dir(self) -> Path:

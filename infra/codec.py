@@ -19,25 +19,44 @@ the serialised original Payload (its own metadata included) and the key id is au
 as associated data. Payloads that are not `binary/encrypted` are passed through on decode
 (histories written before encryption was switched on still read).
 
+Envelope encryption (infra/data_keys.py): a payload that belongs to a referral (Temporal's
+serialization context names the workflow `referral-<code>`: its inputs, results, memo, updates,
+signals, its activities' inputs and results) is encrypted under that referral's own data key
+instead, and its metadata names the data key (`encryption-key-id: dk:<hex>`, random, never
+personal; master key ids cannot contain `:`). Decoding finds the key from that id alone, so a
+process without the context (the codec server, `temporal workflow show`) decodes too. Payloads
+of no referral (capacity notices, erasures) keep the first master key. Once a referral's data
+key is destroyed its payloads fail to decode with a PayloadDecryptionError naming the key id.
+
 Errors never contain payload data or key material: an unknown key id names the key id; a
 payload that fails authentication names the key id and says so.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import copy
 import os
 import re
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.converter import PayloadCodec
+from temporalio.converter import (
+    ActivitySerializationContext,
+    PayloadCodec,
+    SerializationContext,
+    WithSerializationContext,
+    WorkflowSerializationContext,
+)
+
+from infra.data_keys import DATA_KEY_PREFIX, DataKeyStore, DataKeyUnavailable, referral_of
 
 SETTING = "REFERRAL_ENCRYPTION_KEYS"
 ENCODING = b"binary/encrypted"
@@ -90,9 +109,7 @@ def parse_keys(text: str) -> list[tuple[str, bytes]]:
             except (binascii.Error, ValueError):
                 raise EncryptionKeyFormatError(f"{where} (key id {kid!r}): the key is not valid base64") from None
         if len(key) != KEY_BYTES:
-            raise EncryptionKeyFormatError(
-                f"{where} (key id {kid!r}): the key must be {KEY_BYTES} bytes (AES-256), got {len(key)}"
-            )
+            raise EncryptionKeyFormatError(f"{where} (key id {kid!r}): the key must be {KEY_BYTES} bytes (AES-256), got {len(key)}")
         seen.add(kid)
         keys.append((kid, key))
     return keys
@@ -110,36 +127,71 @@ def _aad(kid: str) -> bytes:
     return _AAD_PREFIX + kid.encode()
 
 
-class EncryptionCodec(PayloadCodec):
-    """AES-256-GCM, a random 12-byte nonce per payload, the key id in the payload's metadata."""
+class EncryptionCodec(PayloadCodec, WithSerializationContext):
+    """AES-256-GCM, a random 12-byte nonce per payload, the key id in the payload's metadata.
 
-    def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
+    With a `data_keys` store, a copy bound to a referral by `with_context` encrypts under that
+    referral's data key; every copy decrypts both kinds."""
+
+    def __init__(self, keys: Sequence[tuple[str, bytes]], data_keys: DataKeyStore | None = None) -> None:
         if not keys:
             raise EncryptionKeyFormatError(f"{SETTING}: no key given")
         self.key_ids = [kid for kid, _ in keys]
         self.encrypt_key_id = self.key_ids[0]
         self._ciphers = {kid: AESGCM(key) for kid, key in keys}
+        self.data_keys = data_keys
+        self.referral: str | None = None
 
     @classmethod
-    def from_setting(cls, text: str) -> EncryptionCodec:
-        return cls(parse_keys(text))
+    def from_setting(cls, text: str, data_keys_url: str | None = None) -> EncryptionCodec:
+        keys = parse_keys(text)
+        return cls(keys, DataKeyStore(data_keys_url, keys) if data_keys_url else None)
+
+    def with_context(self, context: SerializationContext) -> EncryptionCodec:
+        workflow_id = None
+        if isinstance(context, WorkflowSerializationContext | ActivitySerializationContext):
+            workflow_id = context.workflow_id
+        referral = referral_of(workflow_id) if self.data_keys is not None else None
+        if referral == self.referral:
+            return self
+        bound = copy.copy(self)
+        bound.referral = referral
+        return bound
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self.encrypt(p) for p in payloads]
+        if self.referral is None or self.data_keys is None or not payloads:
+            return [self.encrypt(p) for p in payloads]
+        key_id, key = await asyncio.to_thread(self.data_keys.key_for_referral, self.referral)
+        cipher = AESGCM(key)
+        return [_seal(cipher, key_id, p) for p in payloads]
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self.decrypt(p) for p in payloads]
+        wanted = {_key_id(p) for p in payloads if _key_id(p).startswith(DATA_KEY_PREFIX)}
+        found: Mapping[str, bytes | DataKeyUnavailable] = {}
+        if wanted:
+            if self.data_keys is None:
+                raise UnknownEncryptionKeyError(
+                    "payload encrypted under a referral's data key, but this process has no key table (LEDGER_DATABASE_URL)",
+                    sorted(wanted)[0],
+                )
+            found = await asyncio.to_thread(self.data_keys.keys, wanted)
+        return [self.decrypt(p, found) for p in payloads]
 
     def encrypt(self, payload: Payload) -> Payload:
         kid = self.encrypt_key_id
-        nonce = os.urandom(NONCE_BYTES)
-        sealed = self._ciphers[kid].encrypt(nonce, payload.SerializeToString(), _aad(kid))
-        return Payload(metadata={"encoding": ENCODING, KEY_ID: kid.encode()}, data=nonce + sealed)
+        return _seal(self._ciphers[kid], kid, payload)
 
-    def decrypt(self, payload: Payload) -> Payload:
+    def decrypt(self, payload: Payload, data_keys: Mapping[str, bytes | DataKeyUnavailable] | None = None) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
             return payload  # not ours: written before encryption was switched on
-        kid = payload.metadata.get(KEY_ID, b"").decode("utf-8", "replace")
+        kid = _key_id(payload)
+        if kid.startswith(DATA_KEY_PREFIX):
+            key = (data_keys or {}).get(kid)
+            if isinstance(key, DataKeyUnavailable):
+                raise PayloadDecryptionError(str(key), kid)
+            if key is None:
+                raise UnknownEncryptionKeyError(f"data key {kid} was not looked up", kid)
+            return _open(AESGCM(key), kid, payload)
         cipher = self._ciphers.get(kid)
         if cipher is None:
             shown = kid if _KID.match(kid) else "(malformed)"
@@ -148,18 +200,31 @@ class EncryptionCodec(PayloadCodec):
                 f"(this process knows: {', '.join(self.key_ids)}); add that key after the current one",
                 shown,
             )
-        data = payload.data
-        if len(data) < NONCE_BYTES + 16:
-            raise PayloadDecryptionError(f"payload under key id {kid!r} is truncated", kid)
-        try:
-            plain = cipher.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], _aad(kid))
-        except InvalidTag:
-            raise PayloadDecryptionError(
-                f"payload under key id {kid!r} failed authentication: a different key with the same id, "
-                "or the payload was altered",
-                kid,
-            ) from None
-        return Payload.FromString(plain)
+        return _open(cipher, kid, payload)
+
+
+def _key_id(payload: Payload) -> str:
+    return payload.metadata.get(KEY_ID, b"").decode("utf-8", "replace")
+
+
+def _seal(cipher: AESGCM, kid: str, payload: Payload) -> Payload:
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = cipher.encrypt(nonce, payload.SerializeToString(), _aad(kid))
+    return Payload(metadata={"encoding": ENCODING, KEY_ID: kid.encode()}, data=nonce + sealed)
+
+
+def _open(cipher: AESGCM, kid: str, payload: Payload) -> Payload:
+    data = payload.data
+    if len(data) < NONCE_BYTES + 16:
+        raise PayloadDecryptionError(f"payload under key id {kid!r} is truncated", kid)
+    try:
+        plain = cipher.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], _aad(kid))
+    except InvalidTag:
+        raise PayloadDecryptionError(
+            f"payload under key id {kid!r} failed authentication: a different key with the same id, or the payload was altered",
+            kid,
+        ) from None
+    return Payload.FromString(plain)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ Every client and worker in the project (worker, web app, CLI, devstack, tests) g
 converter from `data_converter(settings)` and its client from `connect(settings)`:
 
 - with REFERRAL_ENCRYPTION_KEYS set: the pydantic converter plus `EncryptionCodec`
-  (infra/codec.py), and failure messages and stack traces moved into an encrypted payload
+  (infra/codec.py; each referral's payloads under its own data key, infra/data_keys.py), and failure messages and stack traces moved into an encrypted payload
   too, so nothing readable about a person reaches the server;
 - without keys: `EncryptionNotConfigured` is raised, unless REFERRAL_ALLOW_PLAINTEXT=true says
   plaintext is wanted (development only). `make run` creates a development key instead.
@@ -44,18 +44,20 @@ class MetricsUnavailable(RuntimeError):
     """The Prometheus endpoint could not listen (the port is taken)."""
 
 
-_codecs: dict[str, EncryptionCodec] = {}
+_codecs: dict[tuple[str, str], EncryptionCodec] = {}
 
 
 def payload_codec(settings: Settings) -> EncryptionCodec | None:
-    """The codec for these settings' keys (one per key list per process), or None without keys."""
+    """The codec for these settings' keys and key table (one per pair per process), or None
+    without keys. The referrals' data keys live in the project's database (Settings.data_keys_url)."""
     secret = settings.referral_encryption_keys
     text = secret.get_secret_value().strip() if secret is not None else ""
     if not text:
         return None
-    codec = _codecs.get(text)
+    url = settings.data_keys_url
+    codec = _codecs.get((text, url))
     if codec is None:
-        codec = _codecs[text] = EncryptionCodec.from_setting(text)
+        codec = _codecs[(text, url)] = EncryptionCodec.from_setting(text, url)
     return codec
 
 

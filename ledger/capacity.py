@@ -26,8 +26,8 @@ from sqlalchemy import Engine, Row, and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from config.settings import Settings
+from infra.database import engine_for
 from ledger import migrate
-from ledger.engine import engine_for
 from ledger.record import Code, MaybeWhen, When
 from ledger.schema import capacity_changes
 

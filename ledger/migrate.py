@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
-from ledger.engine import engine_for
+from infra.database import engine_for
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 

@@ -143,3 +143,18 @@ capacity_changes = Table(
     Index("ix_capacity_changes_partner", "partner_id", "id"),
     Index("ix_capacity_changes_at", "at"),
 )
+
+# Erasures on request (`referral erase`): one row per erased referral, what was asked and when it
+# was done, never anything about the person. `state`: requested, then erased.
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("code", String(CODE), primary_key=True),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("requested_by", String(SLUG), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("erased_at", UTCDateTime),
+    Column("runs_deleted", Integer),
+    Column("ledger_marked", Boolean),
+)

@@ -3,7 +3,7 @@ read records back for the reports.
 
 Synchronous SQLAlchemy on purpose: a write is a few small statements, and callers on an event
 loop (activities, the web app's routes) run these methods in a thread (`asyncio.to_thread`).
-One engine per database URL per process (`ledger.engine.engine_for`), with its connection pool.
+One engine per database URL per process (`infra.database.engine_for`), with its connection pool.
 
 Every write is one transaction and safe to repeat: `upsert` replaces the referral's rows whole,
 and a record older than the stored one (by `updated_at`) changes nothing, so a retried or late
@@ -21,9 +21,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from config.settings import Settings
+from infra.database import engine_for
 from ledger import migrate
 from ledger.capacity import capacity_changes_between
-from ledger.engine import engine_for
 from ledger.migrate import LedgerNotReady
 from ledger.record import LedgerRecord, OfferRecord, ServiceRecord
 from ledger.reports import Filters, Report, build_report, start_bounds

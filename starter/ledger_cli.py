@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo
 from temporalio.service import RPCError
 
 from config.settings import Settings
+from infra.database import describe
 from ledger import migrate
-from ledger.engine import describe
 from ledger.report_output import to_csv, to_text
 from ledger.reports import Filters
 from ledger.store import LedgerNotReady, LedgerStore
@@ -63,8 +63,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "report":
             return _report(args, settings)
         if args.ledger_command == "upgrade":
-            revision = migrate.upgrade(settings.ledger_url)
-            print(f"ledger: {describe(settings.ledger_url)} at revision {revision}")
+            # The data keys' database too, when DATA_KEYS_DATABASE_URL keeps them apart.
+            for url in dict.fromkeys([settings.ledger_url, settings.data_keys_url]):
+                revision = migrate.upgrade(url)
+                print(f"ledger: {describe(url)} at revision {revision}")
             return 0
         if args.ledger_command == "delete":
             return _delete(args, settings)

@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -36,9 +37,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.referral_activities import ReferralActivities
 from config.settings import Settings
+from infra.database import engine_for
 from infra.temporal import data_converter
 from ledger import migrate
-from ledger.engine import engine_for
 from ledger.store import LedgerStore
 from tests.fixtures import PARTNERS_FILE, POLICY_FILE
 from tests.postgres import PostgresServer, running_postgres, why_unavailable
@@ -53,6 +54,13 @@ TESTS = Path(__file__).resolve().parent
 TEST_KEYS = "test-1:" + base64.b64encode(b"referral-orchestrator-test-key!!").decode()
 os.environ["REFERRAL_ENCRYPTION_KEYS"] = TEST_KEYS
 os.environ.pop("REFERRAL_ALLOW_PLAINTEXT", None)
+# The referrals' data keys (infra/data_keys.py): one key table for the whole session, so the
+# session's clients, each test's worker and ledger, and subprocesses all find the same keys.
+# Tests of the key table itself (erasure, rotation) give their settings one of their own.
+DATA_KEYS_DIR = Path(tempfile.mkdtemp(prefix="referral-data-keys-"))
+DATA_KEYS_URL = f"sqlite:///{DATA_KEYS_DIR / 'data-keys.sqlite3'}"
+os.environ["DATA_KEYS_DATABASE_URL"] = DATA_KEYS_URL
+migrate.upgrade(DATA_KEYS_URL)
 # The tests' own partner directory and policy (tests/fixtures/), never config/'s, so an
 # operator's edit cannot change an outcome; in the environment too, for settings built without
 # them and for subprocesses (CLI, worker, web app). The variables win over any `.env`.

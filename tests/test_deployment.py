@@ -760,8 +760,8 @@ def test_ledger_role_and_database_from_the_setup_script(postgres) -> None:
     the `ledger` role owns its database and migrates it, and Temporal's databases refuse it."""
     import psycopg
 
+    from infra.database import engine_for
     from ledger import migrate
-    from ledger.engine import engine_for
 
     script = (DEPLOY / "temporal" / "setup-postgres.sh").read_text(encoding="utf-8")
     sql = script.split("<<'SQL'\n", 1)[1].split("\nSQL\n", 1)[0]

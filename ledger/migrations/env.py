@@ -7,7 +7,11 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import Connection
 
-from ledger.schema import metadata
+from infra.data_keys import metadata as data_keys_metadata
+from ledger.schema import metadata as ledger_metadata
+
+# The project's database holds the ledger's tables and the referrals' data keys.
+metadata = [ledger_metadata, data_keys_metadata]
 
 config = context.config
 

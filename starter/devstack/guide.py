@@ -33,7 +33,7 @@ def protection_lines(p: Plan) -> list[str]:
 
 
 def ledger_place(s: Settings) -> str:
-    from ledger.engine import describe
+    from infra.database import describe
 
     url = s.ledger_url
     return shown(Path(url.removeprefix("sqlite:///"))) if url.startswith("sqlite:///") else describe(url)

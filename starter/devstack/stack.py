@@ -126,16 +126,17 @@ class Devstack:
     async def upgrade_ledger(self) -> None:
         """The ledger the worker writes each referral's record to (a SQLite file in the data dir,
         unless LEDGER_DATABASE_URL says otherwise), brought to the code's migration."""
+        from infra.database import describe
         from ledger import migrate
-        from ledger.engine import describe
 
-        url = self.p.settings.ledger_url
-        try:
-            revision = await asyncio.to_thread(migrate.upgrade, url)
-        except Exception as err:
-            problem = type(err).__name__
-            raise StartupError(f"the ledger database {describe(url)} could not be migrated ({problem}); `referral ledger upgrade` shows why") from None
-        say(f"devstack: ledger {describe(url)} at revision {revision}")
+        # The referrals' data keys live there too (or in DATA_KEYS_DATABASE_URL's database).
+        for url in dict.fromkeys([self.p.settings.ledger_url, self.p.settings.data_keys_url]):
+            try:
+                revision = await asyncio.to_thread(migrate.upgrade, url)
+            except Exception as err:
+                problem = type(err).__name__
+                raise StartupError(f"the ledger database {describe(url)} could not be migrated ({problem}); `referral ledger upgrade` shows why") from None
+            say(f"devstack: ledger {describe(url)} at revision {revision}")
 
     async def start_apps(self) -> None:
         s = self.p.settings

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.database import engine_for
 from ledger import migrate
-from ledger.engine import engine_for
 from ledger.store import LedgerStore
 
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect
 
+from infra.database import engine_for
 from ledger import migrate
 from ledger.capacity import CapacityChange, CapacityStore, FullSpell, full_spell, full_spells
-from ledger.engine import engine_for
 from ledger.migrate import LedgerNotReady
 from ledger.report_output import to_csv, to_text
 from ledger.reports import HIDDEN, Filters, build_report
@@ -104,8 +104,9 @@ def test_migration_0002_adds_the_table_and_the_store_refuses_an_older_database(l
     store = CapacityStore(engine_for(ledger_url))
     with pytest.raises(LedgerNotReady, match="revision 0001"):
         store.changes_of(["cas-assoc"])
-    assert migrate.upgrade(ledger_url) == migrate.head_revision() == "0002"
+    assert migrate.upgrade(ledger_url, "0002") == "0002"
     assert "capacity_changes" in inspect(engine_for(ledger_url)).get_table_names()
+    migrate.upgrade(ledger_url)
     assert store.changes_of(["cas-assoc"]) == {}
 
 

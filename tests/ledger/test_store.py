@@ -13,8 +13,9 @@ from alembic.runtime.migration import MigrationContext
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
+from infra.data_keys import metadata as data_keys_metadata
+from infra.database import describe, engine_for
 from ledger import migrate
-from ledger.engine import describe, engine_for
 from ledger.record import LedgerRecord
 from ledger.schema import metadata, offers, referral_indicators, referrals, services
 from ledger.store import LedgerNotReady, LedgerStore
@@ -167,7 +168,8 @@ def test_the_store_says_when_the_database_is_not_migrated(ledger_url: str) -> No
 def test_the_migrations_make_exactly_the_tables_of_the_schema(ledger_url: str) -> None:
     migrate.upgrade(ledger_url)
     with engine_for(ledger_url).connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+        # The project's database: the ledger's tables and the referrals' data keys.
+        differences = compare_metadata(MigrationContext.configure(conn), [metadata, data_keys_metadata])  # type: ignore[arg-type]
     assert differences == []
 
 

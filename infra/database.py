@@ -1,4 +1,5 @@
-"""One SQLAlchemy engine per ledger database URL per process, shared by the store and the migrations."""
+"""One SQLAlchemy engine per database URL per process: the project's database (the ledger and the
+referrals' data keys, LEDGER_DATABASE_URL) is opened here, by the store, the key table and the migrations."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def engine_for(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            # Deleted content is overwritten: a destroyed data key leaves no bytes in the file.
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         return engine
