@@ -6,7 +6,10 @@
     referral assign CODE --service S --partner ID
     referral close CODE [--service S] --outcome OUTCOME [--reason TEXT]
     referral cancel CODE [--outcome OUTCOME] [--reason TEXT]
-    referral withdraw-consent CODE [--reason TEXT]        (the open services: person_declined)
+    referral withdraw-consent CODE [--reason TEXT] [--erase | --keep-data]
+                                         (the open services: person_declined; asks whether to erase)
+    referral erase CODE --reason TEXT | export-person CODE | erasures | keys rewrap
+                                         (a person's data: starter/person_data_cli.py)
     referral list [--stage S] [--region R] [--overdue] [--json]
     referral worker
     referral ledger upgrade | delete --closed-before DATE      (starter/ledger_cli.py)
@@ -32,7 +35,7 @@ from pydantic import ValidationError
 from config.settings import get_settings
 from infra.temporal import EncryptionNotConfigured, connect
 from ledger.record import DECLINE_CODES, SERVICE_OUTCOMES
-from starter import ledger_cli, referrals
+from starter import erasure, ledger_cli, person_data_cli, referrals
 from workflows.intake import REGIONS, SERVICES, Intake, describe_errors
 from workflows.models import PARTNER_ACTIONS, STAGES, CoordinatorAction, PartnerReply
 
@@ -133,6 +136,8 @@ async def _run(args: argparse.Namespace) -> int:
         )
         done = await referrals.coordinator_action(client, code, action)
         print(f"R-{done.code}: {done.action} done, stage {done.stage}")
+        if args.command == "withdraw-consent":
+            return await _erase_after_withdrawal(args, settings, client, done.code)
         return 0
 
     if args.command == "list":
@@ -147,6 +152,22 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"R-{r.code:<6}{r.stage or '-':<21}{r.urgency or '-':<11}{r.region or '-':<27}{r.escalation_level or 0:<7}{awaiting}")
         return 0
     raise UsageError(f"unknown command {args.command}")
+
+
+async def _erase_after_withdrawal(args: argparse.Namespace, settings, client, code: str) -> int:
+    """A withdrawal of consent asks whether to erase the person's data too (--erase / --keep-data,
+    or a question when a person is at the terminal)."""
+    wanted = args.erase
+    if wanted is None and sys.stdin.isatty():
+        answer = await asyncio.to_thread(input, f"Erase R-{code}'s personal data for good as well? [y/N] ")
+        wanted = answer.strip().lower() in ("y", "yes", "o", "oui")
+    if not wanted:
+        print(f"R-{code}: the person's data is kept; to erase it: referral erase {code} --reason TEXT")
+        return 0
+    reason = "consent withdrawn" + (f": {args.reason}" if args.reason else "")
+    outcome = await erasure.erase(client, settings, code, by=args.by or person_data_cli.default_by(), reason=reason[:500])
+    print(person_data_cli.erasure_line(outcome.erasure, outcome.already))
+    return 0
 
 
 def _check_partner(settings, partner_id: str, service: str) -> None:
@@ -205,6 +226,10 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--outcome", required=True, choices=SERVICE_OUTCOMES, help="how the service (or every open service) ended")
         elif name == "cancel":
             s.add_argument("--outcome", choices=SERVICE_OUTCOMES, help="optional: how the open services ended")
+        else:
+            choice = s.add_mutually_exclusive_group()
+            choice.add_argument("--erase", action="store_true", default=None, help="also erase the person's data for good")
+            choice.add_argument("--keep-data", dest="erase", action="store_false", help="keep the data (do not ask)")
 
     s = sub.add_parser("list", help="referrals from Temporal visibility")
     s.add_argument("--stage", choices=STAGES)
@@ -218,6 +243,7 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("worker", help="run the worker")
     ledger_cli.add_commands(sub)
+    person_data_cli.add_commands(sub)
     return p
 
 
@@ -239,12 +265,16 @@ def _main(argv: list[str] | None) -> int:
         return 0
     if args.command in ("ledger", "report"):
         return ledger_cli.run(args, get_settings())
+    if args.command in person_data_cli.COMMANDS:
+        return person_data_cli.run(args, get_settings())
     try:
         return asyncio.run(_run(args))
     except UsageError as err:
         return complain(str(err))
     except referrals.ReferralNotFound as err:
         return complain(str(err))
+    except erasure.ErasurePending as err:
+        return complain(str(err), 3)
     except referrals.ReferralRejected as err:
         if err.kind == "already_applied":
             print(f"referral: {err}")

@@ -111,3 +111,9 @@ async def erase(
     recorded = await asyncio.to_thread(erasure_log(settings).get, code)
     assert recorded is not None, "the erasure's first step records it"
     return ErasureOutcome(recorded, already=False, was_open=done.was_open)
+
+
+def erasures(settings: Settings) -> list[Erasure]:
+    """Every erasure recorded, the oldest request first."""
+    check_ready(engine_for(settings.ledger_url))
+    return erasure_log(settings).all()
