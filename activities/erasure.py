@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from config.settings import Settings
-from infra.data_keys import REFERRAL_WORKFLOW_PREFIX
+from infra.data_keys import CACHE_SECONDS, REFERRAL_WORKFLOW_PREFIX
 from infra.temporal import payload_codec
 from ledger.erasures import ErasureLog
 from ledger.store import LedgerNotReady, LedgerStore
@@ -111,6 +111,9 @@ class ErasureActivities:
             log.warning("erasure: payload encryption is off, no data key to destroy", code=step.request.code)
             return False
         state = await asyncio.to_thread(codec.data_keys.destroy, step.request.code, step.at)
+        # Other processes may hold the key in memory for decoding that long: once this step is
+        # done, none can decrypt the referral's payloads any more.
+        await asyncio.sleep(CACHE_SECONDS)
         log.info("erasure: data key destroyed", code=step.request.code, key_id=state.key_id)
         return True
 

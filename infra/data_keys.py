@@ -19,6 +19,11 @@ truncated after a destruction, so the wrapped key's bytes do not linger in the f
 PostgreSQL a VACUUM of the table follows (dead row versions, and WAL archives, keep it until
 they are recycled: README "Erasure and backups").
 
+Decoding keeps an unwrapped key in memory for CACHE_SECONDS at most (a worker replaying a long
+history decodes hundreds of times a task); encoding always reads the table, so nothing is ever
+written under a destroyed key. The erasure waits CACHE_SECONDS after destroying a key before it
+goes on, so when it reports done no process can decode that referral any more.
+
 The key id is random and the referral code is not personal, so neither reveals anything about
 the person. Errors name codes and key ids, never key material.
 """
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +50,8 @@ DATA_KEY_PREFIX = "dk:"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _WRAP_AAD = b"referral-orchestrator/data-key/v1:"
+CACHE_SECONDS = 2.0
+_CACHE_LIMIT = 4096
 
 metadata = MetaData()
 
@@ -108,6 +117,8 @@ class DataKeyStore:
         self.url = url
         self.wrapping_key_id = masters[0][0]
         self._masters = {kid: AESGCM(key) for kid, key in masters}
+        self._cache: dict[str, tuple[float, bytes]] = {}  # key id -> (when read, key), for decoding only
+        self._lock = threading.Lock()
 
     @property
     def _engine(self) -> Engine:
@@ -172,14 +183,24 @@ class DataKeyStore:
         return row.key_id, self._unwrap(code, row.key_id, row.master_key_id, row.wrapped)
 
     def keys(self, key_ids: Iterable[str]) -> Mapping[str, bytes | DataKeyUnavailable]:
-        """Each asked data key, or why it cannot be had (destroyed, unknown, master key missing)."""
-        wanted = sorted(set(key_ids))
+        """Each asked data key, or why it cannot be had (destroyed, unknown, master key missing).
+        A key read less than CACHE_SECONDS ago is not read again."""
+        found: dict[str, bytes | DataKeyUnavailable] = {}
+        fresh_since = time.monotonic() - CACHE_SECONDS
+        with self._lock:
+            for key_id in set(key_ids):
+                cached = self._cache.get(key_id)
+                if cached is not None and cached[0] >= fresh_since:
+                    found[key_id] = cached[1]
+        wanted = sorted(set(key_ids) - set(found))
+        if not wanted:
+            return found
+        read_at = time.monotonic()
         try:
             with self._engine.connect() as conn:
                 rows = {r.key_id: r for r in conn.execute(select(data_keys).where(data_keys.c.key_id.in_(wanted)))}
         except (OperationalError, ProgrammingError) as err:
             raise self._guard(err) from None
-        found: dict[str, bytes | DataKeyUnavailable] = {}
         for key_id in wanted:
             row = rows.get(key_id)
             if row is None:
@@ -188,9 +209,15 @@ class DataKeyStore:
                 found[key_id] = DataKeyUnavailable(key_id, f"data key {key_id} was destroyed (R-{row.referral} erased): its payloads cannot be decrypted")
             else:
                 try:
-                    found[key_id] = self._unwrap(row.referral, key_id, row.master_key_id, row.wrapped)
+                    key = self._unwrap(row.referral, key_id, row.master_key_id, row.wrapped)
                 except DataKeyUnavailable as err:
                     found[key_id] = err
+                    continue
+                found[key_id] = key
+                with self._lock:
+                    if len(self._cache) >= _CACHE_LIMIT:  # drop the stale ones: memory stays bounded
+                        self._cache = {k: v for k, v in self._cache.items() if v[0] >= fresh_since}
+                    self._cache[key_id] = (read_at, key)
         return found
 
     def state(self, code: str) -> DataKeyState:
@@ -204,6 +231,8 @@ class DataKeyStore:
         """Destroy the referral's data key for good (a tombstone when it had none). Safe to repeat:
         a second call keeps the first destruction's time."""
         when = at or datetime.now(UTC)
+        with self._lock:
+            self._cache.clear()  # this process at once; the others within CACHE_SECONDS
         with self._engine.begin() as conn:
             row = conn.execute(select(data_keys).where(data_keys.c.referral == code)).first()
             if row is None:

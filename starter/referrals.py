@@ -29,6 +29,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from infra.data_keys import REFERRAL_WORKFLOW_PREFIX
 from starter import sms_commands
 from starter.sms_commands import CODE_ALPHABET, CODE_LENGTH
 from workflows import generations, status_memo
@@ -64,7 +65,8 @@ class ReferralRejected(Exception):
 
 
 def workflow_id(code: str) -> str:
-    return f"referral-{code}"
+    # The codec binds a referral's data key by this prefix (infra/data_keys.py).
+    return f"{REFERRAL_WORKFLOW_PREFIX}{code}"
 
 
 # The forms of a code the API document declares (`normalise_code` reads a few more, as an SMS
