@@ -18,6 +18,7 @@ import base64
 import binascii
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client
 
-from infra.codec import KEY_ID, UnknownEncryptionKeyError, new_key_entry
+from infra.codec import KEY_ID, PayloadDecryptionError, new_key_entry
 from infra.logs import configure_logging, reset_logging
 from infra.temporal import connect
 from starter import referrals
@@ -156,10 +157,11 @@ async def test_history_from_the_cli_holds_no_personal_data(dev_env, policy_setti
     assert {"EVENT_TYPE_WORKFLOW_EXECUTION_STARTED", "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED"} <= kinds or {
         "WorkflowExecutionStarted", "WorkflowExecutionCompleted"} <= kinds, kinds  # fmt: skip
     assert leaks(shown.stdout) == []
-    # It is ciphertext, not merely absent: the start input is under the test key.
+    # It is ciphertext, not merely absent: the start input is under the referral's own data key.
     started = json.dumps(events[0])
     assert base64.b64encode(b"binary/encrypted").decode() in started
-    assert base64.b64encode(b"test-1").decode() in started
+    key_id = events[0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"][0]["metadata"]["encryption-key-id"]
+    assert base64.b64decode(key_id).startswith(b"dk:")
 
     described = await handle.describe()
     memo = await described.memo()
@@ -227,10 +229,14 @@ async def test_ui_metadata_on_a_dev_server_run(dev_env, policy_settings):
 
 
 async def test_key_rotation_old_histories_still_decode_and_continue(dev_env, make_settings):
+    """A referral's payloads are under its own data key, wrapped by the master key: after a
+    rotation the referral goes on under the same data key, and once `referral keys rewrap` has
+    run, a process without the old master key reads it all."""
     address = dev_env.client.service_client.config.target_host
     key_a, key_b = new_key_entry("rot-a"), new_key_entry("rot-b")
-    settings_a = make_settings(temporal_address=address, referral_encryption_keys=key_a)
-    settings_ba = make_settings(temporal_address=address, referral_encryption_keys=f"{key_b},{key_a}")
+    own = {"temporal_address": address, "data_keys_database_url": make_settings().ledger_url}  # the test's own key table
+    settings_a = make_settings(referral_encryption_keys=key_a, **own)
+    settings_ba = make_settings(referral_encryption_keys=f"{key_b},{key_a}", **own)
     task_queue = f"referrals-rotation-{uuid.uuid4()}"
 
     client_a = await connect(settings_a)
@@ -251,19 +257,37 @@ async def test_key_rotation_old_histories_still_decode_and_continue(dev_env, mak
     history = await handle.fetch_history()
     first = history.events[0].workflow_execution_started_event_attributes.input.payloads[0]
     last = next(e for e in reversed(history.events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED)
-    assert first.metadata[KEY_ID] == b"rot-a"
-    assert last.workflow_execution_completed_event_attributes.result.payloads[0].metadata[KEY_ID] == b"rot-b"
+    data_key = first.metadata[KEY_ID]
+    assert data_key.startswith(b"dk:")
+    assert last.workflow_execution_completed_event_attributes.result.payloads[0].metadata[KEY_ID] == data_key
     (decoded,) = await client_ba.data_converter.decode([first], [ReferralInput])
     assert decoded.intake.person.pseudonym == PSEUDONYM
 
-    # A process that lost key A cannot read the old part, and says which key it lacks.
-    client_b = await connect(make_settings(temporal_address=address, referral_encryption_keys=key_b))
-    with pytest.raises(UnknownEncryptionKeyError) as err:
+    # A process that lost key A cannot unwrap the data key, and says which master key it lacks.
+    settings_b = make_settings(referral_encryption_keys=key_b, **own)
+    client_b = await connect(settings_b)
+    with pytest.raises(PayloadDecryptionError) as err:
         await client_b.data_converter.decode([first])
-    assert "'rot-a'" in str(err.value) and "rot-b" in str(err.value)
+    assert "'rot-a'" in str(err.value) and data_key.decode() in str(err.value)
     assert leaks(str(err.value)) == [] and key_a.split(":")[1] not in str(err.value)
-    with pytest.raises(UnknownEncryptionKeyError, match="rot-a"):
+    with pytest.raises(PayloadDecryptionError, match="rot-a"):
         await (await client_b.get_workflow_handle(referrals.workflow_id(code)).describe()).memo()
+
+    # `referral keys rewrap` under the new key: then key A can be retired.
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": address,
+        "REFERRAL_DATA_DIR": str(settings_ba.referral_data_dir),
+        "REFERRAL_ENCRYPTION_KEYS": f"{key_b},{key_a}",
+        "DATA_KEYS_DATABASE_URL": own["data_keys_database_url"],
+    }
+    rewrap = await asyncio.to_thread(
+        subprocess.run, [str(Path(sys.executable).parent / "referral"), "keys", "rewrap"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert rewrap.returncode == 0, rewrap.stderr
+    assert "1 rewrapped under master key id rot-b" in rewrap.stdout
+    (again,) = await client_b.data_converter.decode([first], [ReferralInput])
+    assert again.intake.person.pseudonym == PSEUDONYM
 
 
 async def test_logs_of_a_lifecycle_carry_ids_and_no_personal_data(dev_env, policy_settings):
