@@ -80,6 +80,10 @@ class PayloadDecryptionError(Exception):
         self.key_id = key_id
 
 
+class ErasedPayloadError(PayloadDecryptionError):
+    """The payload's referral was erased: its data key is destroyed, for good."""
+
+
 class UnknownEncryptionKeyError(PayloadDecryptionError):
     """The payload was encrypted under a key id this process does not have."""
 
@@ -188,7 +192,7 @@ class EncryptionCodec(PayloadCodec, WithSerializationContext):
         if kid.startswith(DATA_KEY_PREFIX):
             key = (data_keys or {}).get(kid)
             if isinstance(key, DataKeyUnavailable):
-                raise PayloadDecryptionError(str(key), kid)
+                raise (ErasedPayloadError if key.erased else PayloadDecryptionError)(str(key), kid)
             if key is None:
                 raise UnknownEncryptionKeyError(f"data key {kid} was not looked up", kid)
             return _open(AESGCM(key), kid, payload)

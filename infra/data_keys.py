@@ -206,7 +206,9 @@ class DataKeyStore:
             if row is None:
                 found[key_id] = DataKeyUnavailable(key_id, f"data key {key_id} is not in the key table of this database")
             elif row.wrapped is None:
-                found[key_id] = DataKeyUnavailable(key_id, f"data key {key_id} was destroyed (R-{row.referral} erased): its payloads cannot be decrypted")
+                found[key_id] = DataKeyUnavailable(
+                    key_id, f"data key {key_id} was destroyed (R-{row.referral} erased): its payloads cannot be decrypted", erased=True
+                )
             else:
                 try:
                     key = self._unwrap(row.referral, key_id, row.master_key_id, row.wrapped)
@@ -271,6 +273,7 @@ class DataKeyStore:
 class DataKeyUnavailable(Exception):
     """A data key that cannot be used; the message names the key id, never key material."""
 
-    def __init__(self, key_id: str, message: str) -> None:
+    def __init__(self, key_id: str, message: str, erased: bool = False) -> None:
         super().__init__(message)
         self.key_id = key_id
+        self.erased = erased  # destroyed by an erasure, for good

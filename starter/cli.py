@@ -33,6 +33,7 @@ import yaml
 from pydantic import ValidationError
 
 from config.settings import get_settings
+from infra.data_keys import ReferralDataErased
 from infra.temporal import EncryptionNotConfigured, connect
 from ledger.record import DECLINE_CODES, SERVICE_OUTCOMES
 from starter import erasure, ledger_cli, person_data_cli, referrals
@@ -275,6 +276,8 @@ def _main(argv: list[str] | None) -> int:
         return complain(str(err))
     except erasure.ErasurePending as err:
         return complain(str(err), 3)
+    except ReferralDataErased as err:
+        return complain(f"external_ref: {err}; a new referral needs a new external_ref")
     except referrals.ReferralRejected as err:
         if err.kind == "already_applied":
             print(f"referral: {err}")

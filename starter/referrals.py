@@ -29,7 +29,8 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from infra.data_keys import REFERRAL_WORKFLOW_PREFIX
+from infra.codec import ErasedPayloadError
+from infra.data_keys import REFERRAL_WORKFLOW_PREFIX, ReferralDataErased
 from starter import sms_commands
 from starter.sms_commands import CODE_ALPHABET, CODE_LENGTH
 from workflows import generations, status_memo
@@ -109,7 +110,9 @@ class Started:
 
 
 async def start_referral(client: Client, intake: Intake, task_queue: str) -> Started:
-    """Start the referral for this intake, or return the one its external_ref already started."""
+    """Start the referral for this intake, or return the one its external_ref already started.
+    Raises ReferralDataErased when that referral was erased: nothing is started under its code
+    again (a new referral for the person needs a new external_ref)."""
     digest = _digest(intake.external_ref)
     assessment = assess(intake)
     for attempt in range(_MAX_CODE_TRIES):
@@ -195,7 +198,10 @@ async def status_and_input(client: Client, code: str) -> tuple[ReferralStatus, R
             raise ReferralNotFound(code) from None
         raise
     started = first.history.events[0].workflow_execution_started_event_attributes
-    [run_input] = await client.data_converter.decode(started.input.payloads[:1], [ReferralInput])
+    try:
+        [run_input] = await client.data_converter.decode(started.input.payloads[:1], [ReferralInput])
+    except ErasedPayloadError:
+        raise ReferralNotFound(code) from None  # being erased: its runs are about to go
     info = described.workflow_execution_info
     memo = info.memo.fields.get(status_memo.MEMO_KEY)
     status = (await client.data_converter.decode([memo]))[0] if memo is not None else None
@@ -214,6 +220,9 @@ def _rejection(err: WorkflowUpdateFailedError) -> ReferralRejected:
 async def _update(client: Client, code: str, update, arg, update_id: str | None):
     try:
         return await _handle(client, code).execute_update(update, arg, id=update_id)
+    except ReferralDataErased:
+        # Erased (its data key destroyed): to a late reply it is simply closed.
+        raise ReferralRejected("referral_closed", f"R-{code} is closed") from None
     except WorkflowUpdateFailedError as err:
         raise _rejection(err) from None
     except RPCError as err:

@@ -75,6 +75,10 @@ async def test_erase_closes_destroys_deletes_and_keeps_the_ledger_row_erased(dev
         # Nothing can be started again under the erased code.
         with pytest.raises(ReferralDataErased):
             await referrals.start_referral(client, adult_intake(external_ref=ref), tq)
+        # A partner's late reply is told the referral is closed.
+        with pytest.raises(referrals.ReferralRejected) as late:
+            await reply(client, erased.code, partner, "accept")
+        assert late.value.kind == "referral_closed"
         # Asking again says it is done, and does nothing.
         again = await erasure.erase(client, settings, erased.code, by="coord-2", reason="again", task_queue=tq)
         assert again.already and again.erasure.requested_by == "coord-1"
