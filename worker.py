@@ -17,8 +17,10 @@ from activities.ledger import LedgerActivities
 from activities.observability import LogContextInterceptor
 from activities.referral_activities import ReferralActivities
 from config.settings import Settings, get_settings
+from infra.database import engine_for
 from infra.logs import configure_logging
-from infra.temporal import EncryptionNotConfigured, MetricsUnavailable, connect, metrics_runtime
+from infra.temporal import EncryptionNotConfigured, MetricsUnavailable, connect, metrics_runtime, payload_codec
+from ledger.migrate import check_ready
 from ledger.store import LedgerNotReady
 from workflows.capacity_notice import CapacityNoticeWorkflow
 from workflows.erasure import ErasureWorkflow
@@ -87,10 +89,20 @@ async def run_worker(settings: Settings) -> None:
 async def _check_ledger(ledger: LedgerActivities) -> None:
     """Say so at start when the ledger cannot take records yet. Not a reason to refuse work: no
     offer waits for the ledger, and its writes are retried until it can (`referral ledger upgrade`)."""
+    settings = ledger.settings
+    keys_there = settings.data_keys_url == settings.ledger_url and payload_codec(settings) is not None
     try:
         await asyncio.to_thread(ledger.store().check)
     except LedgerNotReady as err:
-        log.warning("ledger not ready: its writes are retried until it is", reason=str(err))
+        if keys_there:  # the referrals' data keys live there too
+            log.error("ledger not ready: referrals cannot encrypt their data, nor the ledger be written, until it is", reason=str(err))
+        else:
+            log.warning("ledger not ready: its writes are retried until it is", reason=str(err))
+    if settings.data_keys_url != settings.ledger_url and payload_codec(settings) is not None:
+        try:
+            await asyncio.to_thread(check_ready, engine_for(settings.data_keys_url))
+        except LedgerNotReady as err:
+            log.error("data keys not ready: referrals cannot encrypt their data until they are", reason=str(err))
 
 
 def _encryption_note(client: Client) -> str:
