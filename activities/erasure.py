@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from config.settings import Settings
-from infra.data_keys import CACHE_SECONDS, REFERRAL_WORKFLOW_PREFIX
+from infra.data_keys import CACHE_SECONDS, REFERRAL_WORKFLOW_PREFIX, ReferralDataErased
 from infra.temporal import payload_codec
 from ledger.erasures import ErasureLog
 from ledger.store import LedgerNotReady, LedgerStore
@@ -91,6 +91,11 @@ class ErasureActivities:
         try:
             # The same update id on a retry: Temporal applies it once.
             await handle.execute_update(ReferralWorkflow.coordinator_action, action, id=f"erasure-{code}")
+        except ReferralDataErased:
+            # Its key is already destroyed (a restored backup brought the runs back, or an erasure
+            # cut short): no worker can read it, nobody can be told. Stop it where it stands.
+            await handle.terminate(reason="erased: its data key was destroyed")
+            closed_here = False
         except WorkflowUpdateFailedError:
             closed_here = False  # already closing (another action came first): wait for it
         except RPCError as err:

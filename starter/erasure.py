@@ -77,6 +77,22 @@ async def _known(client: Client, settings: Settings, code: str) -> bool:
     return await asyncio.to_thread(LedgerStore.for_url(settings.ledger_url).get, code) is not None
 
 
+async def _still_erased(client: Client, settings: Settings, code: str) -> bool:
+    """Whether an erasure recorded as done still holds: its data key destroyed and no run in
+    Temporal. A restored backup (of the key table, or of Temporal) can undo either; then the
+    erasure is carried out again."""
+    codec = payload_codec(settings)
+    if codec is not None and codec.data_keys is not None and not (await asyncio.to_thread(codec.data_keys.state, code)).destroyed:
+        return False
+    try:
+        await _describe(client, referral_workflow_id(code))
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return True
+        raise
+    return False
+
+
 async def erase(
     client: Client, settings: Settings, code: str, by: str, reason: str, wait: timedelta = DEFAULT_WAIT, task_queue: str | None = None
 ) -> ErasureOutcome:
@@ -86,7 +102,7 @@ async def erase(
     request = ErasureRequest(code=code, requested_by=by.strip(), reason=reason.strip())
     await asyncio.to_thread(check_ready, engine_for(settings.ledger_url))
     recorded = await asyncio.to_thread(erasure_log(settings).get, code)
-    if recorded is not None and recorded.state == ERASED:
+    if recorded is not None and recorded.state == ERASED and await _still_erased(client, settings, code):
         return ErasureOutcome(recorded, already=True)
     if recorded is None and not await _known(client, settings, code):
         raise ReferralNotFound(code)
@@ -96,8 +112,9 @@ async def erase(
             request,
             id=erasure_workflow_id(code),
             task_queue=task_queue or settings.referral_task_queue,
-            # A failed or terminated erasure may be asked again; a running one is joined.
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            # A running erasure is joined; a finished one runs again only when a restored backup
+            # brought the key or the runs back (checked above).
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             static_summary=f"erase R-{code}",
         )
     except WorkflowAlreadyStartedError:

@@ -27,6 +27,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from config.settings import Settings
+from infra.codec import PayloadDecryptionError
 from infra.data_keys import DataKeysNotReady, DataKeyUnavailable
 from infra.temporal import EncryptionNotConfigured, connect, payload_codec
 from ledger.erasures import Erasure
@@ -86,8 +87,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except erasure.ErasurePending as err:
         print(f"referral: {err}", file=sys.stderr)
         return 3
-    except erasure.ErasureFailed as err:
-        print(f"referral: {err}", file=sys.stderr)
+    except (erasure.ErasureFailed, PayloadDecryptionError) as err:
+        print(f"referral: {err}", file=sys.stderr)  # names key ids, never data
         return 1
 
 

@@ -13,6 +13,11 @@
 - Every image is pinned; the worker scales; the search-attribute setup lists exactly
   `workflows.search_attributes.ALL` with their types, and the setup script really does what it
   says against a Temporal dev server.
+- Backups (README "Erasure and backups"): the key table is dumped alone, into a volume no other
+  backup writes, with a short retention, after the other dumps; the ledger's dump leaves its rows
+  out; each backup has only the credentials it needs; deploy/backup.sh parses, keeps to its
+  retention (a fake pg_dump), stops at once, and with the real pg_dump and compose's options
+  dumps exactly what it says.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jsonschema
@@ -49,8 +57,11 @@ SCHEMA_FILE = DEPLOY / "compose-spec.json"
 BIN = Path(sys.executable).parent
 
 APP_SERVICES = ("worker", "web")
+# The nightly dumps (deploy/backup.sh), each into a volume of its own.
+BACKUPS = {"backup-temporal": "temporal-dumps", "backup-ledger": "ledger-dumps", "backup-keys": "key-table-backups"}
+KEY_TABLE_BACKUP = "backup-keys"
 # Services that run until stopped (the others are one-shot jobs).
-LONG_RUNNING = ("postgresql", "temporal", "temporal-ui", "worker", "web", "mailpit")
+LONG_RUNNING = ("postgresql", "temporal", "temporal-ui", "worker", "web", "mailpit", *BACKUPS)
 ONE_SHOT = ("temporal-schema", "temporal-setup", "ledger-upgrade")
 
 # What compose mounts from ./config (or REFERRAL_CONFIG_DIR) into /etc/referrals: operator data,
@@ -675,7 +686,7 @@ def test_start_order() -> None:
 def test_volumes_networks_and_profiles() -> None:
     compose = resolved_compose()
     services = compose["services"]
-    assert set(compose["volumes"]) == {"postgres-data", "referral-data"}
+    assert set(compose["volumes"]) == {"postgres-data", "referral-data", *BACKUPS.values()}
     assert "postgres-data:/var/lib/postgresql/data" in services["postgresql"]["volumes"]
     for name in APP_SERVICES:
         assert "referral-data:/data" in services[name]["volumes"], f"{name} must share the data volume"
@@ -686,8 +697,11 @@ def test_volumes_networks_and_profiles() -> None:
     for name in (*APP_SERVICES, "ledger-upgrade"):
         assert "db" not in (services[name].get("networks") or ["default"])
         assert "ledger" in services[name]["networks"]
-    for name in ("temporal", "temporal-schema", "temporal-setup", "temporal-ui"):
+    for name in ("temporal", "temporal-schema", "temporal-setup", "temporal-ui", "backup-temporal"):
         assert "ledger" not in (services[name].get("networks") or ["default"]), name
+    # The backups reach PostgreSQL only, on the side of the databases they dump.
+    assert services["backup-temporal"]["networks"] == ["db"]
+    assert services["backup-ledger"]["networks"] == services["backup-keys"]["networks"] == ["ledger"]
     assert services["mailpit"]["profiles"] == ["dev"]
     for name, service in services.items():
         for port in service.get("ports", []):
@@ -838,3 +852,318 @@ async def test_setup_script_against_a_temporal_dev_server(dev_env) -> None:
     assert code != 0 and "EscalationLevel" in out and "expected Keyword" in out
     code, out = await _run_setup(address, namespace, "NoType")
     assert code != 0 and "Name=Type" in out
+
+
+# --------------------------------------------------------------------------- 7. backups
+
+BACKUP_SCRIPT = DEPLOY / "backup.sh"
+BACKUP_MOUNT = "./deploy/backup.sh:/deploy/backup.sh:ro"
+FAKE_PG_DUMP = """#!/bin/sh
+# Stands in for pg_dump: writes its arguments to the --file it is given.
+for a; do case "$a" in --file=*) f=${a#--file=} ;; esac; done
+echo "$*" >> "$FAKE_PG_DUMP_CALLS"
+if [ -n "${FAKE_PG_DUMP_FAILS:-}" ]; then echo half > "$f"; exit 1; fi
+echo "dump $*" > "$f"
+"""
+DAY = 86400
+
+
+def posix_shell() -> str:
+    """dash where there is one: the postgres image's /bin/sh (Debian bookworm)."""
+    shell = shutil.which("dash") or shutil.which("sh")
+    assert shell
+    return shell
+
+
+def readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"\n## {title}\n" in text, f"README has no section {title!r}"
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def backup_spec(service: dict) -> tuple[dict[str, str], list[str]]:
+    """A backup service's environment and the pg_dump options its command passes."""
+    assert service["entrypoint"] == ["/bin/sh"] and service["command"][0] == "/deploy/backup.sh"
+    return environment_of(service), service["command"][1:]
+
+
+def table_options(options: list[str]) -> list[str]:
+    return [o for o in options if o.startswith(("--table", "-t"))]
+
+
+def test_key_table_backups_go_to_a_volume_no_other_backup_writes() -> None:
+    compose = resolved_compose()
+    services = compose["services"]
+    mounted: dict[str, set[str]] = {}
+    for name, service in services.items():
+        for volume in service.get("volumes") or []:
+            source = volume.split(":")[0]
+            if source in compose["volumes"]:
+                mounted.setdefault(source, set()).add(name)
+    assert len(set(BACKUPS.values())) == len(BACKUPS)
+    for name, volume in BACKUPS.items():
+        service = services[name]
+        assert sorted(service["volumes"]) == sorted([BACKUP_MOUNT, f"{volume}:/backups"]), name
+        assert environment_of(service).get("BACKUP_DIR", "/backups") == "/backups"
+        # Its own volume: no other service (backup or not) mounts it, even read-only.
+        assert mounted[volume] == {name}, f"{volume} is mounted by {sorted(mounted[volume])}"
+
+
+def test_the_ledger_dump_leaves_the_key_table_out_and_the_key_table_is_dumped_alone() -> None:
+    from infra.data_keys import data_keys
+
+    table = data_keys.name
+    services = resolved_compose()["services"]
+    env, options = backup_spec(services["backup-temporal"])
+    assert env["BACKUP_DATABASES"].split() == ["temporal", "temporal_visibility"] and options == []
+    env, options = backup_spec(services["backup-ledger"])
+    assert env["BACKUP_DATABASES"] == "ledger"
+    assert f"--exclude-table-data={table}" in options or f"--exclude-table={table}" in options
+    assert table_options(options) == []
+    env, options = backup_spec(services[KEY_TABLE_BACKUP])
+    assert env["BACKUP_DATABASES"] == "ledger" and env["BACKUP_LABEL"] == table
+    assert table_options(options) == [f"--table={table}"] and "--strict-names" in options
+    assert not [o for o in options if "exclude" in o]
+    # Every other dump of the ledger's database leaves the key table's rows out.
+    for name in BACKUPS:
+        env, options = backup_spec(services[name])
+        if name != KEY_TABLE_BACKUP and "ledger" in env["BACKUP_DATABASES"].split():
+            assert {f"--exclude-table-data={table}", f"--exclude-table={table}"} & set(options), name
+
+
+def test_key_table_retention_is_short_and_the_readme_says_so() -> None:
+    services = resolved_compose()["services"]
+    keys, _ = backup_spec(services[KEY_TABLE_BACKUP])
+    days = int(keys["BACKUP_KEEP_DAYS"])
+    assert 1 <= days <= 30, f"the key table's backups are kept {days} days: an erasure is complete in backups only after that"
+    for name in BACKUPS:
+        env, _ = backup_spec(services[name])
+        assert re.fullmatch(r"[1-9]\d*", env["BACKUP_KEEP_DAYS"]), name
+        assert re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", env["BACKUP_AT"]), name
+        if name != KEY_TABLE_BACKUP:
+            assert int(env["BACKUP_KEEP_DAYS"]) >= days, f"{name}: the key table's retention must be the shortest"
+            # The key table is dumped after the other dumps of the night (README "Erasure and backups").
+            assert env["BACKUP_AT"] < keys["BACKUP_AT"], name
+    section = readme_section("Erasure and backups")
+    for name, volume in BACKUPS.items():
+        env, _ = backup_spec(services[name])
+        assert volume in section and f"{env['BACKUP_KEEP_DAYS']} days" in section, f"README: {volume}, {env['BACKUP_KEEP_DAYS']} days"
+    for command in ("referral erasures --json", "referral erase", "referral keys rewrap", "DATA_KEYS_DATABASE_URL"):
+        assert command in section, command
+    assert "backup.sh" in (DEPLOY / "README.md").read_text(encoding="utf-8")
+
+
+def test_backups_get_only_the_credentials_they_need() -> None:
+    services = load_compose()["services"]  # as written: the variables they read
+    for name in BACKUPS:
+        service = services[name]
+        assert service["image"] == services["postgresql"]["image"], f"{name}: pg_dump of the server's own version"
+        assert "env_file" not in service and "ports" not in service, name
+        assert service["restart"] == "unless-stopped"
+        assert service["healthcheck"]["test"] == ["CMD", "/bin/sh", "/deploy/backup.sh", "--check"]
+    text = {name: json.dumps(services[name]) for name in BACKUPS}
+    temporal = environment_of(services["backup-temporal"])
+    assert temporal["PGUSER"] == "${POSTGRES_USER:-temporal}"
+    assert temporal["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert "LEDGER_POSTGRES_PASSWORD" not in text["backup-temporal"]
+    for name in ("backup-ledger", "backup-keys"):
+        env = environment_of(services[name])
+        assert env["PGUSER"] == "ledger", f"{name} dumps the ledger's database as its own role"
+        assert env["PGPASSWORD"].startswith("${LEDGER_POSTGRES_PASSWORD:?")
+        assert not re.search(r"\$\{POSTGRES_PASSWORD\b", text[name]), f"{name} must not get the superuser's password"
+    assert services["backup-temporal"]["depends_on"]["temporal-schema"]["condition"] == "service_completed_successfully"
+    for name in ("backup-ledger", "backup-keys"):  # the key table exists once migrated
+        assert services[name]["depends_on"]["ledger-upgrade"]["condition"] == "service_completed_successfully"
+
+
+def test_backup_script_is_mounted_and_parses() -> None:
+    assert BACKUP_SCRIPT.is_file()
+    for name in BACKUPS:
+        assert BACKUP_MOUNT in load_compose()["services"][name]["volumes"]
+    out = subprocess.run([posix_shell(), "-n", str(BACKUP_SCRIPT)], check=False, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+needs_posix_tools = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("find", "date", "mv", "wc", "tr", "sleep")), reason="needs find, date, mv, wc, tr and sleep"
+)
+
+
+def run_backup(tmp_path: Path, service: str, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    """deploy/backup.sh as compose runs it for `service`, with a fake pg_dump, into tmp_path/backups."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "pg_dump").write_text(FAKE_PG_DUMP, encoding="utf-8")
+    (bin_dir / "pg_dump").chmod(0o755)
+    env, _ = backup_spec(resolved_compose()["services"][service])
+    env = {k: v for k, v in env.items() if k.startswith("BACKUP_")}
+    env |= {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TMPDIR": str(tmp_path),
+        "BACKUP_DIR": str(tmp_path / "backups"),
+        "FAKE_PG_DUMP_CALLS": str(tmp_path / "calls"),
+        **extra,
+    }
+    return subprocess.run([posix_shell(), str(BACKUP_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def aged(path: Path, seconds: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("old", encoding="utf-8")
+    when = time.time() - seconds
+    os.utime(path, (when, when))
+    return path
+
+
+@needs_posix_tools
+def test_backup_script_keeps_to_its_retention(tmp_path: Path) -> None:
+    """A run of the key table's backup with a fake pg_dump: one new dump (owner-only, with compose's
+    options), and after it at most BACKUP_KEEP_DAYS daily dumps, none older than that; leftovers
+    of a cut dump go, other files stay. A failed dump writes nothing, and the retention still holds."""
+    env, options = backup_spec(resolved_compose()["services"][KEY_TABLE_BACKUP])
+    days = int(env["BACKUP_KEEP_DAYS"])
+    backups = tmp_path / "backups"
+    # The dumps of the previous days' runs, each a few seconds less than N days old.
+    daily = {age: aged(backups / f"data_keys-202601{age:02d}T030000Z.dump", age * DAY - 5) for age in range(1, days + 4)}
+    leftover = aged(backups / "data_keys-20260101T030000Z.dump.partial", 60)
+    others = [aged(backups / "notes.txt", 100 * DAY), aged(backups / "ledger-20250101T010000Z.dump", 100 * DAY)]
+
+    out = run_backup(tmp_path, KEY_TABLE_BACKUP, "--once", *options)
+    assert out.returncode == 0, out.stderr
+    new = [p for p in backups.glob("data_keys-*.dump") if p not in daily.values()]
+    assert len(new) == 1 and re.fullmatch(r"data_keys-\d{8}T\d{6}Z\.dump", new[0].name)
+    assert new[0].stat().st_mode & 0o077 == 0, "a dump is owner-only"
+    call = (tmp_path / "calls").read_text(encoding="utf-8").split()
+    assert "--format=custom" in call and "--dbname=ledger" in call and all(o in call for o in options)
+    kept = sorted(backups.glob("data_keys-*.dump"))
+    assert len(kept) == days, f"{len(kept)} key-table dumps kept, for a retention of {days} days"
+    assert all(daily[age].exists() == (age < days) for age in daily)
+    assert not leftover.exists() and all(p.exists() for p in others)
+    assert not list(backups.glob("*.partial"))
+
+    # A failed dump: no file, not even a partial one; exit 1; what expired is deleted all the same.
+    expired = aged(backups / "data_keys-20251201T030000Z.dump", days * DAY + 600)
+    out = run_backup(tmp_path, KEY_TABLE_BACKUP, "--once", *options, FAKE_PG_DUMP_FAILS="1")
+    assert out.returncode == 1 and "failed" in out.stderr
+    assert sorted(backups.glob("data_keys-*.dump")) == kept and not list(backups.glob("*.partial"))
+    assert not expired.exists()
+
+    # The healthcheck: a dump younger than 26 hours.
+    assert run_backup(tmp_path, KEY_TABLE_BACKUP, "--check").returncode == 0
+    for path in backups.glob("data_keys-*.dump"):
+        path.unlink()
+    aged(backups / "data_keys-20251130T030000Z.dump", 27 * 3600)
+    out = run_backup(tmp_path, KEY_TABLE_BACKUP, "--check")
+    assert out.returncode == 1 and "no dump of data_keys" in out.stderr
+
+
+@needs_posix_tools
+def test_backup_script_refuses_a_bad_setting(tmp_path: Path) -> None:
+    kept = aged(tmp_path / "backups" / "data_keys-20200101T030000Z.dump", 400 * DAY)
+    for bad in ({"BACKUP_KEEP_DAYS": "0"}, {"BACKUP_KEEP_DAYS": "7d"}, {"BACKUP_KEEP_DAYS": ""}, {"BACKUP_DATABASES": " "}, {"BACKUP_AT": "25:00"}):
+        out = run_backup(tmp_path, KEY_TABLE_BACKUP, **bad)
+        assert out.returncode != 0 and "BACKUP_" in out.stderr, bad
+    assert kept.exists(), "nothing is deleted under a bad setting"
+    out = run_backup(tmp_path, "backup-temporal", "--once", BACKUP_LABEL="x")
+    assert out.returncode == 2 and "one database" in out.stderr
+
+
+@needs_posix_tools
+def test_backup_script_waits_for_its_time_and_stops_at_once(tmp_path: Path) -> None:
+    """The service's loop: nothing dumped before BACKUP_AT, and `docker compose stop` (SIGTERM to
+    the script, PID 1 of its container) ends the wait at once rather than after the grace period."""
+    later = (datetime.now(UTC) + timedelta(hours=12)).strftime("%H:%M")
+    env, _ = backup_spec(resolved_compose()["services"][KEY_TABLE_BACKUP])
+    env = {k: v for k, v in env.items() if k.startswith("BACKUP_")}
+    env |= {"PATH": os.environ.get("PATH", ""), "TMPDIR": str(tmp_path), "BACKUP_DIR": str(tmp_path / "backups"), "BACKUP_AT": later}
+    proc = subprocess.Popen([posix_shell(), str(BACKUP_SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "backup-started").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the loop did not start"
+            time.sleep(0.05)
+        assert run_backup(tmp_path, KEY_TABLE_BACKUP, "--check").returncode == 0, "healthy while waiting for its first run"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out, _ = proc.communicate()
+    assert code == 143 and f"every day at {later} UTC" in out
+    assert not list((tmp_path / "backups").iterdir())
+
+
+def test_backups_against_postgresql(postgres, tmp_path: Path) -> None:
+    """deploy/backup.sh with the real pg_dump and compose's options, on a migrated ledger database
+    holding a live data key, a destroyed one and an erasure: the ledger's dump has the key table's
+    definition but none of its rows; the key table's dump has its rows and nothing else; restored
+    as README "Erasure and backups" says (the ledger's, then the key table's), the keys are back."""
+    from infra.data_keys import DataKeyStore
+    from infra.database import engine_for
+    from ledger import migrate
+    from ledger.erasures import ErasureLog
+
+    database = postgres.create_database("backup")
+    url = postgres.url(database)
+    try:
+        migrate.upgrade(url)
+        master = ("m1", os.urandom(32))
+        store = DataKeyStore(url, [master])
+        live_key_id, live_key = store.key_for_referral("ABCDE")
+        ErasureLog.for_url(url).record_request("FGHJK", datetime.now(UTC), "cli:test", "asked by the person")
+        destroyed_key_id = store.destroy("FGHJK").key_id
+    finally:
+        engine_for(url).dispose()
+    assert live_key_id and destroyed_key_id
+    services = resolved_compose()["services"]
+    sql = {}
+    for name in ("backup-ledger", KEY_TABLE_BACKUP):
+        env, options = backup_spec(services[name])
+        assert env["BACKUP_DATABASES"] == "ledger"
+        folder = tmp_path / name
+        env = {k: v for k, v in env.items() if k.startswith("BACKUP_")}
+        env |= {
+            "BACKUP_DATABASES": database,
+            "BACKUP_DIR": str(folder),
+            "TMPDIR": str(tmp_path),
+            "PATH": f"{postgres.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(postgres.port),
+            "PGUSER": "postgres",
+        }
+        out = subprocess.run([posix_shell(), str(BACKUP_SCRIPT), "--once", *options], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        (dump,) = folder.glob("*.dump")
+        restored = subprocess.run([str(postgres.bin / "pg_restore"), "-f", "-", str(dump)], check=True, capture_output=True, text=True, timeout=60)
+        sql[name] = restored.stdout
+    ledger, keys = sql["backup-ledger"], sql[KEY_TABLE_BACKUP]
+    assert "CREATE TABLE public.data_keys" in ledger, "the ledger's dump keeps the key table's definition (a restore is whole)"
+    assert "COPY public.data_keys" not in ledger and live_key_id not in ledger and destroyed_key_id not in ledger
+    assert "COPY public.erasures" in ledger and "FGHJK" in ledger and "alembic_version" in ledger
+    assert "COPY public.data_keys" in keys and live_key_id in keys and destroyed_key_id in keys
+    assert "erasures" not in keys and "alembic_version" not in keys
+
+    # The restore: the ledger's dump, then the key table's, each with --clean --if-exists, on a
+    # database that already holds other keys (they go: the key table is the backup's).
+    target = postgres.create_database("restore")
+    target_url = postgres.url(target)
+    try:
+        migrate.upgrade(target_url)
+        DataKeyStore(target_url, [("m1", os.urandom(32))]).key_for_referral("ZZZZZ")
+        engine_for(target_url).dispose()
+        for name in ("backup-ledger", KEY_TABLE_BACKUP):
+            (dump,) = (tmp_path / name).glob("*.dump")
+            pg_restore = [str(postgres.bin / "pg_restore"), "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "postgres"]
+            out = subprocess.run([*pg_restore, "--clean", "--if-exists", "-d", target, str(dump)], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+        restored = DataKeyStore(target_url, [master])
+        assert restored.keys([live_key_id]) == {live_key_id: live_key}, "the backup's key unwraps as before"
+        assert restored.state("FGHJK").destroyed and restored.state("ZZZZZ").key_id is None
+        assert ErasureLog.for_url(target_url).get("FGHJK") is not None
+        assert migrate.upgrade(target_url) == migrate.head_revision()
+    finally:
+        engine_for(target_url).dispose()
+        postgres.drop_database(target)
+        postgres.drop_database(database)

@@ -10,11 +10,13 @@ from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import select, update
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
 
 from infra.codec import PayloadDecryptionError
-from infra.data_keys import ReferralDataErased
+from infra.data_keys import ReferralDataErased, data_keys
+from infra.database import engine_for
 from infra.temporal import payload_codec
 from ledger.erasures import ERASED
 from starter import erasure, referrals
@@ -52,6 +54,7 @@ async def test_erase_closes_destroys_deletes_and_keeps_the_ledger_row_erased(dev
         decoded = await codec.decode(stored)
         assert any(PSEUDONYM.encode() in p.data for p in decoded)  # the intake, readable before
         smtp.messages.clear()
+        backup = key_row(settings, erased.code)
 
         with pytest.raises(ValidationError, match="reason"):
             await erasure.erase(client, settings, erased.code, by="coord-1", reason="  ", task_queue=tq)
@@ -82,6 +85,11 @@ async def test_erase_closes_destroys_deletes_and_keeps_the_ledger_row_erased(dev
         # Asking again says it is done, and does nothing.
         again = await erasure.erase(client, settings, erased.code, by="coord-2", reason="again", task_queue=tq)
         assert again.already and again.erasure.requested_by == "coord-1"
+        # A key-table backup from before the erasure, restored: asking again destroys it again.
+        restore_key(settings, backup)
+        assert not codec.data_keys.state(erased.code).destroyed
+        redone = await erasure.erase(client, settings, erased.code, by="coord-2", reason="after a restore", task_queue=tq)
+        assert not redone.already and codec.data_keys.state(erased.code).destroyed
 
         # The other referral still decodes and goes on.
         await reply(client, other.code, other_partner, "accept")
@@ -94,6 +102,17 @@ async def test_erase_closes_destroys_deletes_and_keeps_the_ledger_row_erased(dev
             assert PSEUDONYM not in message.as_string() and PHONE not in message.as_string()
 
 
+def key_row(settings, code: str) -> dict:
+    """The referral's row of the key table, as a backup of it would hold it."""
+    with engine_for(settings.data_keys_url).connect() as conn:
+        return dict(conn.execute(select(data_keys).where(data_keys.c.referral == code)).one()._mapping)
+
+
+def restore_key(settings, row: dict) -> None:
+    with engine_for(settings.data_keys_url).begin() as conn:
+        conn.execute(update(data_keys).where(data_keys.c.referral == row["referral"]).values(**row))
+
+
 async def _accepted(client, code: str) -> bool:
     status = await referrals.get_status(client, code)
     return any(s.stage == "follow_up" for s in status.services)
@@ -103,3 +122,19 @@ async def test_erasing_an_unknown_code_starts_nothing(dev_env, make_settings):
     settings = make_settings()
     with pytest.raises(referrals.ReferralNotFound):
         await erasure.erase(dev_env.client, settings, "ZZZZZ", by="coord-1", reason="typo", wait=timedelta(seconds=5))
+
+
+async def test_a_running_referral_whose_key_is_already_destroyed_is_stopped_and_erased(dev_env, make_settings):
+    """As after a Temporal backup restored past an erasure: the runs are back, the key is not."""
+    settings = make_settings()
+    client = dev_env.client
+    async with running_worker(client, settings) as tq:
+        started = await referrals.start_referral(client, adult_intake(external_ref=f"RESTORED-{uuid.uuid4().hex[:8]}"), tq)
+        await offered(client, started.code, "shelter")
+        codec = payload_codec(settings)
+        assert codec is not None and codec.data_keys is not None
+        codec.data_keys.destroy(started.code)
+        outcome = await erasure.erase(client, settings, started.code, by="coord-1", reason="restore drill", task_queue=tq)
+        assert outcome.erasure.state == ERASED and not outcome.was_open
+        with pytest.raises(referrals.ReferralNotFound):
+            await referrals.get_status(client, started.code)
