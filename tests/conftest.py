@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import email
 import email.policy
@@ -61,6 +62,7 @@ DATA_KEYS_DIR = Path(tempfile.mkdtemp(prefix="referral-data-keys-"))
 DATA_KEYS_URL = f"sqlite:///{DATA_KEYS_DIR / 'data-keys.sqlite3'}"
 os.environ["DATA_KEYS_DATABASE_URL"] = DATA_KEYS_URL
 migrate.upgrade(DATA_KEYS_URL)
+atexit.register(shutil.rmtree, DATA_KEYS_DIR, ignore_errors=True)
 # The tests' own partner directory and policy (tests/fixtures/), never config/'s, so an
 # operator's edit cannot change an outcome; in the environment too, for settings built without
 # them and for subprocesses (CLI, worker, web app). The variables win over any `.env`.
