@@ -46,6 +46,7 @@ test-faults: $(STAMP)
 # commit them with the workflow change they go with. See the README, "Changing the workflow".
 record-histories: $(STAMP)
 	$(PY) -m tests.replay.record $(HISTORIES)
+	$(if $(HISTORIES),,$(PY) -m tests.replay.record_erasure)
 
 # Benchmarks against bare Temporal on a loopback dev server: one table (bench/RESULTS.md).
 # BENCH_ARGS="--with-suite" also times the test suite; --quick is a smoke run; see --help.

@@ -40,6 +40,7 @@ from workflows.referral import ReferralWorkflow
 log = structlog.get_logger("activities")
 
 POLL_SECONDS = 0.5
+HEARTBEAT_EVERY = 5.0
 
 
 def _wid(code: str) -> str:
@@ -90,7 +91,11 @@ class ErasureActivities:
         closed_here = True
         try:
             # The same update id on a retry: Temporal applies it once.
-            await handle.execute_update(ReferralWorkflow.coordinator_action, action, id=f"erasure-{code}")
+            update = asyncio.ensure_future(handle.execute_update(ReferralWorkflow.coordinator_action, action, id=f"erasure-{code}"))
+            while not update.done():  # the withdrawal's sends may take longer than a heartbeat
+                activity.heartbeat("withdrawing consent")
+                await asyncio.wait({update}, timeout=HEARTBEAT_EVERY)
+            update.result()
         except ReferralDataErased:
             # Its key is already destroyed (a restored backup brought the runs back, or an erasure
             # cut short): no worker can read it, nobody can be told. Stop it where it stands.
@@ -135,6 +140,8 @@ class ErasureActivities:
                 log.info("erasure: runs deleted", code=step.request.code, runs=len(deleted))
                 return len(deleted)
             for run_id in runs:
+                if run_id in deleted:
+                    continue  # asked already: visibility catches up on its own (about 30 s on the dev server)
                 try:
                     await client.workflow_service.delete_workflow_execution(
                         DeleteWorkflowExecutionRequest(namespace=client.namespace, workflow_execution=WorkflowExecution(workflow_id=wid, run_id=run_id)),
