@@ -64,16 +64,15 @@ def erasure_state(settings: Settings, code: str) -> Erasure | None:
 
 
 async def _known(client: Client, settings: Settings, code: str) -> bool:
-    """Whether anything is held about this referral: its runs, its data key or its ledger row."""
+    """Whether the referral exists: its runs in Temporal, or its ledger row (past Temporal's
+    retention, its data may still be in backups). Not its data key alone: any attempt to act on
+    a code, even a mistyped one, makes a key."""
     try:
         await _describe(client, referral_workflow_id(code))
         return True
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
-    codec = payload_codec(settings)
-    if codec is not None and codec.data_keys is not None and (await asyncio.to_thread(codec.data_keys.state, code)).key_id is not None:
-        return True
     return await asyncio.to_thread(LedgerStore.for_url(settings.ledger_url).get, code) is not None
 
 

@@ -18,7 +18,20 @@ from infra.logs import configure_logging
 from infra.temporal import EncryptionNotConfigured, connect
 from ledger.store import LedgerStore
 from web import methods
-from web.routes import api, auth, codec, intake_form, partner_capacity, partner_page, referral_pages, report_pages, reports, sms_webhook
+from web.routes import (
+    api,
+    auth,
+    codec,
+    erasure_api,
+    erasure_pages,
+    intake_form,
+    partner_capacity,
+    partner_page,
+    referral_pages,
+    report_pages,
+    reports,
+    sms_webhook,
+)
 from web.security import startup_checks
 
 
@@ -46,7 +59,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None, l
     app.state.client = client
     app.state.ledger = ledger
 
-    for part in (sms_webhook, api, reports, auth, intake_form, referral_pages, report_pages, partner_page, partner_capacity, codec):
+    for part in (sms_webhook, api, erasure_api, reports, auth, intake_form, referral_pages, erasure_pages, report_pages, partner_page, partner_capacity, codec):
         app.include_router(part.router)
     methods.install(app)  # a 405's Allow names every method of the path, not the first route's
 

@@ -40,7 +40,7 @@ from activities.directory import CONTACT_ID_PATTERN, ConfigError, load_directory
 from config.settings import Settings
 from ledger.record import DECLINE_CODES, DeclineCode, ServiceOutcome
 from starter import referrals
-from web import deps
+from web import deps, erasures
 from web.security import authorised
 from workflows.intake import REGIONS, Intake, Region, Service, field_errors
 from workflows.models import (
@@ -123,12 +123,16 @@ class CloseBody(_Body):
     reason: str | None = Field(default=None, max_length=1600)
 
 
-class ActionBody(_Body):
+class _ActionFields(_Body):
     by: str | None = Field(default=None, max_length=64)
     reason: str | None = Field(default=None, max_length=1600)
 
 
-class CancelBody(ActionBody):
+class ActionBody(_ActionFields):  # a withdrawal of consent
+    erase: bool = Field(default=False, description="also erase the person's data for good, as POST .../erase (cannot be undone)")
+
+
+class CancelBody(_ActionFields):
     outcome: ServiceOutcome | None = Field(default=None, description="optional: how the services still open ended")
 
 
@@ -367,10 +371,19 @@ async def start(intake: Intake, request: Request, response: Response) -> Started
     "/referrals/{code}",
     response_model=ReferralStatus,
     summary="A referral's status (no personal data)",
-    responses={404: {**ERRORS, "description": "no such referral"}},
+    responses={
+        404: {**ERRORS, "description": "no such referral"},
+        410: {"model": erasures.Gone, "description": "the referral's data was erased (GET .../erasure for when and by whom)"},
+    },
 )
-async def status(code: CodePath, request: Request) -> ReferralStatus:
-    return await referrals.get_status(deps.client_of(request), _code(code))
+async def status(code: CodePath, request: Request) -> ReferralStatus | JSONResponse:
+    code = _code(code)
+    try:
+        return await referrals.get_status(deps.client_of(request), code)
+    except referrals.ReferralNotFound:
+        if (done := await erasures.erased(deps.settings_of(request), code)) is not None:
+            return erasures.gone(done)
+        raise
 
 
 @router.get("/referrals", response_model=ReferralList, summary="Referrals from Temporal visibility")
@@ -434,14 +447,30 @@ async def close(code: CodePath, body: CloseBody, request: Request, idempotency_k
 
 @router.post(
     "/referrals/{code}/withdraw-consent",
-    response_model=ActionOutcome | AlreadyApplied,
-    responses=_UPDATE_RESPONSES,
-    summary=f"The person withdrew consent: stop everything (the services still open: {CONSENT_WITHDRAWN_OUTCOME})",
+    response_model=ActionOutcome | AlreadyApplied | erasures.ErasureResult,
+    responses={
+        **_UPDATE_RESPONSES,
+        200: {"description": "applied (or before: already_applied); with erase, the erasure's answer, as POST .../erase"},
+        202: {"model": erasures.ErasureUnderWay, "description": "with erase: withdrawn, the erasure under way (it goes on by itself)"},
+    },
+    summary=f"The person withdrew consent: stop everything (the services still open: {CONSENT_WITHDRAWN_OUTCOME}); optionally erase",
     openapi_extra=_OPTIONAL_BODY_DOC,
 )
-async def withdraw_consent(code: CodePath, request: Request, body: ActionBody | None = None, idempotency_key: IdempotencyKey = None) -> ActionOutcome:
+async def withdraw_consent(code: CodePath, request: Request, body: ActionBody | None = None, idempotency_key: IdempotencyKey = None) -> Any:
     body = body or ActionBody()
-    return await _act(request, code, CoordinatorAction(action="withdraw_consent", by=body.by, reason=body.reason), idempotency_key)
+    action = CoordinatorAction(action="withdraw_consent", by=body.by, reason=body.reason)
+    if not body.erase:
+        return await _act(request, code, action, idempotency_key)
+    try:  # then erase, also when withdrawn or closed before; an erased one answers `already`
+        await _act(request, code := _code(code), action, idempotency_key)
+    except referrals.ReferralRejected as err:
+        if err.kind not in ("already_applied", "referral_closed"):
+            raise
+    except referrals.ReferralNotFound:
+        if await erasures.recorded(deps.settings_of(request), code) is None:
+            raise
+    reason = erasures.CONSENT_WITHDRAWN + (f": {body.reason}" if body.reason else "")
+    return await erasures.erase_for_api(deps.client_of(request), deps.settings_of(request), code, body.by, reason)
 
 
 @router.post(

@@ -3,6 +3,8 @@
     GET  /referrals              the list (stage filter; `?code=` opens one)
     GET  /referrals/{code}       the referral: stage, per-service timeline, actions
     POST /referrals/{code}/actions   assign, close (whole or one service), cancel, withdraw consent
+                                     (and erase the person's data: the box and the typed code of
+                                     web/routes/erasure_pages.py, which also has the erase form)
 
 Closing asks how the service, or every service still open, ended (`outcome`, one of
 ledger.record.SERVICE_OUTCOMES): required to close, optional to cancel, and a withdrawal of consent
@@ -31,8 +33,10 @@ from ledger.capacity import FullSpell
 from ledger.record import SERVICE_OUTCOMES
 from starter import referrals
 from web.deps import client_of, settings_of
+from web.erasures import CONSENT_WITHDRAWN
 from web.i18n import Words, language_of
 from web.rendering import not_found, render, unavailable
+from web.routes import erasure_pages
 from web.routes.auth import signed_in_form
 from web.routes.partner_capacity import capacity_of
 from web.security import SecureRoute, authenticated_session, to_login
@@ -117,7 +121,7 @@ async def referral_page(request: Request, code: str) -> Response:
     try:
         status = await referrals.get_status(client_of(request), code)
     except referrals.ReferralNotFound:
-        return not_found(request, session)
+        return await erasure_pages.gone_page(request, session, code) or not_found(request, session)
     except RPCError as err:
         log.error("web_status_failed", code=code, error=type(err).__name__)
         return unavailable(request, session)
@@ -153,12 +157,15 @@ async def referral_page(request: Request, code: str) -> Response:
         done=q.get("done") if q.get("done") in (*WHOLE_ACTIONS, "assign", "close_service") else None,
         rejected=q.get("rejected") if q.get("rejected") in _REJECTION_KEYS else None,
         pending=q.get("pending") == "1",
+        erase_pending=q.get("pending") == "erase",
+        confirm_code=erasure_pages.CONFIRM_CODE,
+        erase_box=erasure_pages.ERASE_BOX,
     )
 
 
 # Refusals the page has a message for: the workflow's, and its own (an unknown partner, a
 # closure not confirmed, a closure without its outcome).
-_REJECTION_KEYS = (*REJECTION_TYPES, "partner", "confirm", "outcome")
+_REJECTION_KEYS = (*REJECTION_TYPES, "partner", "confirm", "outcome", *erasure_pages.REJECTIONS)
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
@@ -207,6 +214,10 @@ async def referral_action(request: Request, code: str) -> Response:
             return refused("confirm")
     if service is not None and service not in SERVICES:
         return refused("invalid")
+    # Erase too (withdrawal only): the referral's code typed again, checked before anything is done.
+    erase = action == "withdraw_consent" and form.get(erasure_pages.ERASE_BOX) == "yes"
+    if erase and not erasure_pages.confirmed(code, form.get(erasure_pages.CONFIRM_CODE)):
+        return refused("erase_confirm")
     if action not in ("close", "cancel"):
         outcome = None  # assign says nothing of an end; a withdrawal of consent is person_declined
     elif outcome not in SERVICE_OUTCOMES and (action == "close" or outcome is not None):
@@ -232,13 +243,17 @@ async def referral_action(request: Request, code: str) -> Response:
         return not_found(request, session)
     except referrals.ReferralRejected as err:
         log.info("web_action_rejected", code=code, action=action, kind=err.kind)
-        return refused(err.kind if err.kind in _REJECTION_KEYS else "invalid")
+        if not (erase and err.kind == "already_applied"):
+            return refused(err.kind if err.kind in _REJECTION_KEYS else "invalid")
     except TimeoutError:
-        return RedirectResponse(f"{back}?pending=1", status_code=303)
+        if not erase:  # the erasure closes the referral itself if the withdrawal has not yet
+            return RedirectResponse(f"{back}?pending=1", status_code=303)
     except RPCError as err:
         log.error("web_action_failed", code=code, action=action, error=type(err).__name__)
         return unavailable(request, session)
     log.info("web_action", code=code, action=action, service=service, outcome=outcome, login=session.login)
+    if erase:
+        return await erasure_pages.erase_and_answer(request, session, code, CONSENT_WITHDRAWN + (f": {reason}" if reason else ""))
     done = "close_service" if action == "close" and service else action
     return RedirectResponse(f"{back}?done={done}", status_code=303)
 
