@@ -41,6 +41,7 @@ log = structlog.get_logger("activities")
 
 POLL_SECONDS = 0.5
 HEARTBEAT_EVERY = 5.0
+WITHDRAWAL_SENT = "withdrawal sent"
 
 
 def _wid(code: str) -> str:
@@ -84,8 +85,10 @@ class ErasureActivities:
         this erasure closed it."""
         client = activity.client()
         code = step.request.code
+        # An earlier attempt, cut short, may have sent the withdrawal: it said so in its heartbeat.
+        sent_before = list(activity.info().heartbeat_details[:1]) == [WITHDRAWAL_SENT]
         if not await _running(client, code):
-            return False
+            return sent_before
         action = CoordinatorAction(action="withdraw_consent", by=step.request.requested_by)
         handle = client.get_workflow_handle_for(ReferralWorkflow.run, _wid(code))
         closed_here = True
@@ -93,7 +96,7 @@ class ErasureActivities:
             # The same update id on a retry: Temporal applies it once.
             update = asyncio.ensure_future(handle.execute_update(ReferralWorkflow.coordinator_action, action, id=f"erasure-{code}"))
             while not update.done():  # the withdrawal's sends may take longer than a heartbeat
-                activity.heartbeat("withdrawing consent")
+                activity.heartbeat(WITHDRAWAL_SENT)
                 await asyncio.wait({update}, timeout=HEARTBEAT_EVERY)
             update.result()
         except ReferralDataErased:
@@ -108,7 +111,7 @@ class ErasureActivities:
                 raise
             closed_here = False  # it finished meanwhile
         while await _running(client, code):
-            activity.heartbeat("waiting for the referral to finish")
+            activity.heartbeat(WITHDRAWAL_SENT if closed_here else "waiting for the referral to finish")
             await asyncio.sleep(POLL_SECONDS)
         log.info("erasure: referral closed", code=code, closed_here=closed_here)
         return closed_here
@@ -130,15 +133,18 @@ class ErasureActivities:
     @activity.defn(name=DELETE_RUNS)
     async def delete_runs(self, step: ErasureStep) -> int:
         """Delete every run of the referral (it may have continued as new many times), then wait
-        until Temporal no longer lists any. How many runs this attempt deleted."""
+        until Temporal no longer lists any. How many runs were deleted (by earlier attempts too)."""
         client = activity.client()
         wid = _wid(step.request.code)
         deleted: set[str] = set()
+        # Runs an earlier attempt deleted before it was cut short (its last heartbeat).
+        before = activity.info().heartbeat_details[:1]
+        earlier = before[0] if before and isinstance(before[0], int) else 0
         for _ in range(int(240 / POLL_SECONDS)):
             runs = [w.run_id async for w in client.list_workflows(f"WorkflowId = '{wid}'")]
             if not runs and await _latest_status(client, wid) is None:
-                log.info("erasure: runs deleted", code=step.request.code, runs=len(deleted))
-                return len(deleted)
+                log.info("erasure: runs deleted", code=step.request.code, runs=earlier + len(deleted))
+                return earlier + len(deleted)
             for run_id in runs:
                 if run_id in deleted:
                     continue  # asked already: visibility catches up on its own (about 30 s on the dev server)
@@ -153,7 +159,7 @@ class ErasureActivities:
                 deleted.add(run_id)
             if not runs:  # listed no more, but a describe still finds it: delete the latest run
                 await _delete_latest(client, wid)
-            activity.heartbeat(len(deleted))
+            activity.heartbeat(earlier + len(deleted))
             await asyncio.sleep(POLL_SECONDS)
         raise ApplicationError(f"R-{step.request.code}: Temporal still lists runs after their deletion", type="RunsStillListed")
 
