@@ -171,6 +171,17 @@ async def _erase_after_withdrawal(args: argparse.Namespace, settings, client, co
     return 0
 
 
+def _not_found(code: str) -> str:
+    """`no referral R-X`, or when it was erased, when and by whom (the record of erasures)."""
+    try:
+        erased = erasure.erasure_state(get_settings(), code)
+    except Exception:  # the ledger's database unreadable or not migrated: the plain answer
+        erased = None
+    if erased is not None and erased.erased_at is not None:
+        return f"R-{code} was erased on {erased.erased_at:%Y-%m-%d} by {erased.requested_by}"
+    return f"no referral R-{code}"
+
+
 def _check_partner(settings, partner_id: str, service: str) -> None:
     from activities.directory import ConfigError, load_directory
 
@@ -273,7 +284,7 @@ def _main(argv: list[str] | None) -> int:
     except UsageError as err:
         return complain(str(err))
     except referrals.ReferralNotFound as err:
-        return complain(str(err))
+        return complain(_not_found(err.code))
     except erasure.ErasurePending as err:
         return complain(str(err), 3)
     except ReferralDataErased as err:

@@ -22,6 +22,7 @@ from ledger.erasures import ERASED
 from starter import erasure, referrals
 from tests.cases import PHONE, PSEUDONYM, adult_intake
 from tests.conftest import running_worker, wait_for
+from tests.starter.test_cli import cli, cli_env
 from tests.workflows.test_ledger_lifecycle import offered, reply
 
 
@@ -78,6 +79,11 @@ async def test_erase_closes_destroys_deletes_and_keeps_the_ledger_row_erased(dev
         # Nothing can be started again under the erased code.
         with pytest.raises(ReferralDataErased):
             await referrals.start_referral(client, adult_intake(external_ref=ref), tq)
+        # The CLI's status says it was erased, when and by whom.
+        env = cli_env(dev_env, settings, tq)
+        env["LEDGER_DATABASE_URL"] = settings.ledger_url
+        shown = await cli(env, "status", erased.code)
+        assert shown.returncode == 2 and f"R-{erased.code} was erased on " in shown.stderr and "by coord-1" in shown.stderr
         # A partner's late reply is told the referral is closed.
         with pytest.raises(referrals.ReferralRejected) as late:
             await reply(client, erased.code, partner, "accept")
