@@ -165,7 +165,11 @@ class EncryptionCodec(PayloadCodec, WithSerializationContext):
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         if self.referral is None or self.data_keys is None or not payloads:
             return [self.encrypt(p) for p in payloads]
-        key_id, key = await asyncio.to_thread(self.data_keys.key_for_referral, self.referral)
+        # A key read moments ago needs no thread and no query (a replay encodes at every activation).
+        known = self.data_keys.cached_for_referral(self.referral)
+        if known is None:
+            known = await asyncio.to_thread(self.data_keys.key_for_referral, self.referral)
+        key_id, key = known
         cipher = AESGCM(key)
         return [_seal(cipher, key_id, p) for p in payloads]
 
@@ -178,7 +182,9 @@ class EncryptionCodec(PayloadCodec, WithSerializationContext):
                     "payload encrypted under a referral's data key, but this process has no key table (LEDGER_DATABASE_URL)",
                     sorted(wanted)[0],
                 )
-            found = await asyncio.to_thread(self.data_keys.keys, wanted)
+            found = self.data_keys.cached(wanted)
+            if len(found) < len(wanted):
+                found = await asyncio.to_thread(self.data_keys.keys, wanted)
         return [self.decrypt(p, found) for p in payloads]
 
     def encrypt(self, payload: Payload) -> Payload:

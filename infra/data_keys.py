@@ -19,10 +19,11 @@ truncated after a destruction, so the wrapped key's bytes do not linger in the f
 PostgreSQL a VACUUM of the table follows (dead row versions, and WAL archives, keep it until
 they are recycled: README "Erasure and backups").
 
-Decoding keeps an unwrapped key in memory for CACHE_SECONDS at most (a worker replaying a long
-history decodes hundreds of times a task); encoding always reads the table, so nothing is ever
-written under a destroyed key. The erasure waits CACHE_SECONDS after destroying a key before it
-goes on, so when it reports done no process can decode that referral any more.
+A process keeps an unwrapped key in memory for CACHE_SECONDS at most (a worker replaying a long
+history decodes and encodes hundreds of times a task). The erasure closes the referral first and
+waits CACHE_SECONDS after destroying its key before it goes on, so when it reports done no
+process can decode that referral, nor encode for it; starting a referral reads the table itself
+(`state`), so an erased code is never started again.
 
 The key id is random and the referral code is not personal, so neither reveals anything about
 the person. Errors name codes and key ids, never key material.
@@ -117,7 +118,8 @@ class DataKeyStore:
         self.url = url
         self.wrapping_key_id = masters[0][0]
         self._masters = {kid: AESGCM(key) for kid, key in masters}
-        self._cache: dict[str, tuple[float, bytes]] = {}  # key id -> (when read, key), for decoding only
+        self._cache: dict[str, tuple[float, bytes]] = {}  # key id -> (when read, key)
+        self._by_referral: dict[str, tuple[float, str, bytes]] = {}  # code -> (when read, key id, key)
         self._lock = threading.Lock()
 
     @property
@@ -151,8 +153,38 @@ class DataKeyStore:
             "(the keys live in the ledger's database, LEDGER_DATABASE_URL)"
         )
 
+    def cached_for_referral(self, code: str) -> tuple[str, bytes] | None:
+        """The referral's key if this process read it less than CACHE_SECONDS ago (no I/O)."""
+        with self._lock:
+            cached = self._by_referral.get(code)
+        if cached is None or cached[0] < time.monotonic() - CACHE_SECONDS:
+            return None
+        return cached[1], cached[2]
+
+    def cached(self, key_ids: Iterable[str]) -> dict[str, bytes]:
+        """The keys among these that this process read less than CACHE_SECONDS ago (no I/O)."""
+        fresh_since = time.monotonic() - CACHE_SECONDS
+        found: dict[str, bytes] = {}
+        with self._lock:
+            for key_id in key_ids:
+                hit = self._cache.get(key_id)
+                if hit is not None and hit[0] >= fresh_since:
+                    found[key_id] = hit[1]
+        return found
+
+    def _remember(self, code: str, key_id: str, key: bytes, at: float) -> None:
+        with self._lock:
+            if len(self._cache) >= _CACHE_LIMIT:  # drop the stale ones: memory stays bounded
+                fresh_since = time.monotonic() - CACHE_SECONDS
+                self._cache = {k: v for k, v in self._cache.items() if v[0] >= fresh_since}
+                self._by_referral = {k: v for k, v in self._by_referral.items() if v[0] >= fresh_since}
+            self._cache[key_id] = (at, key)
+            self._by_referral[code] = (at, key_id, key)
+
     def key_for_referral(self, code: str) -> tuple[str, bytes]:
-        """The referral's data key id and key, made on first use. ReferralDataErased once destroyed."""
+        """The referral's data key id and key, made on first use; read from the table (the
+        caller may first try `cached_for_referral`). ReferralDataErased once destroyed."""
+        read_at = time.monotonic()
         try:
             with self._engine.connect() as conn:
                 row = conn.execute(select(data_keys).where(data_keys.c.referral == code)).first()
@@ -173,6 +205,7 @@ class DataKeyStore:
                             created_at=datetime.now(UTC),
                         )
                     )
+                self._remember(code, key_id, key, read_at)
                 return key_id, key
             except IntegrityError:  # another process made it first: use theirs
                 return self.key_for_referral(code)
@@ -180,19 +213,16 @@ class DataKeyStore:
                 raise self._guard(err) from None
         if row.wrapped is None:
             raise ReferralDataErased(code)
-        return row.key_id, self._unwrap(code, row.key_id, row.master_key_id, row.wrapped)
+        key = self._unwrap(code, row.key_id, row.master_key_id, row.wrapped)
+        self._remember(code, row.key_id, key, read_at)
+        return row.key_id, key
 
     def keys(self, key_ids: Iterable[str]) -> Mapping[str, bytes | DataKeyUnavailable]:
         """Each asked data key, or why it cannot be had (destroyed, unknown, master key missing).
         A key read less than CACHE_SECONDS ago is not read again."""
-        found: dict[str, bytes | DataKeyUnavailable] = {}
-        fresh_since = time.monotonic() - CACHE_SECONDS
-        with self._lock:
-            for key_id in set(key_ids):
-                cached = self._cache.get(key_id)
-                if cached is not None and cached[0] >= fresh_since:
-                    found[key_id] = cached[1]
-        wanted = sorted(set(key_ids) - set(found))
+        asked = set(key_ids)
+        found: dict[str, bytes | DataKeyUnavailable] = dict(self.cached(asked))
+        wanted = sorted(asked - set(found))
         if not wanted:
             return found
         read_at = time.monotonic()
@@ -216,10 +246,7 @@ class DataKeyStore:
                     found[key_id] = err
                     continue
                 found[key_id] = key
-                with self._lock:
-                    if len(self._cache) >= _CACHE_LIMIT:  # drop the stale ones: memory stays bounded
-                        self._cache = {k: v for k, v in self._cache.items() if v[0] >= fresh_since}
-                    self._cache[key_id] = (read_at, key)
+                self._remember(row.referral, key_id, key, read_at)
         return found
 
     def state(self, code: str) -> DataKeyState:
@@ -233,8 +260,9 @@ class DataKeyStore:
         """Destroy the referral's data key for good (a tombstone when it had none). Safe to repeat:
         a second call keeps the first destruction's time."""
         when = at or datetime.now(UTC)
-        with self._lock:
-            self._cache.clear()  # this process at once; the others within CACHE_SECONDS
+        with self._lock:  # this process at once; the others within CACHE_SECONDS
+            self._cache.clear()
+            self._by_referral.clear()
         with self._engine.begin() as conn:
             row = conn.execute(select(data_keys).where(data_keys.c.referral == code)).first()
             if row is None:

@@ -29,7 +29,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from infra.codec import ErasedPayloadError
+from infra.codec import EncryptionCodec, ErasedPayloadError
 from infra.data_keys import REFERRAL_WORKFLOW_PREFIX, ReferralDataErased
 from starter import sms_commands
 from starter.sms_commands import CODE_ALPHABET, CODE_LENGTH
@@ -115,9 +115,13 @@ async def start_referral(client: Client, intake: Intake, task_queue: str) -> Sta
     again (a new referral for the person needs a new external_ref)."""
     digest = _digest(intake.external_ref)
     assessment = assess(intake)
+    codec = client.data_converter.payload_codec
     for attempt in range(_MAX_CODE_TRIES):
         code = referral_code(intake.external_ref, attempt)
         wid = workflow_id(code)
+        # Read from the table, not from a process's memory of the key: never start an erased code again.
+        if isinstance(codec, EncryptionCodec) and codec.data_keys is not None and (await asyncio.to_thread(codec.data_keys.state, code)).destroyed:
+            raise ReferralDataErased(code)
         try:
             await client.start_workflow(
                 ReferralWorkflow.run,
