@@ -13,6 +13,8 @@ activity never rolls a referral back.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -99,7 +101,7 @@ class LedgerStore:
     # --- reads -------------------------------------------------------------------------
 
     def get(self, code: str) -> LedgerRecord | None:
-        with self.engine.connect() as conn:
+        with _snapshot(self.engine) as conn:
             found = _load(conn, referrals.c.code == code)
         return found[0] if found else None
 
@@ -114,7 +116,7 @@ class LedgerStore:
             conditions.append(referrals.c.started_at < started_before)
         if region is not None:
             conditions.append(referrals.c.region == region)
-        with self.engine.connect() as conn:
+        with _snapshot(self.engine) as conn:
             return _load(conn, and_(*conditions) if conditions else None)
 
     def report(self, filters: Filters, *, tz: tzinfo, now: datetime, suppress: bool = True) -> Report:
@@ -181,6 +183,21 @@ def _insert_children(conn: Connection, record: LedgerRecord) -> None:
     ]
     if rows:
         conn.execute(offers.insert(), rows)
+
+
+@contextmanager
+def _snapshot(engine: Engine) -> Iterator[Connection]:
+    """A connection whose reads all see one version of the database: `_load` reads four tables one
+    after the other, and a write committed between two of them would mix two records (a service
+    of the new one with the offers of the old). Python's sqlite3 begins no transaction before a
+    SELECT, so each would be its own snapshot: BEGIN here. PostgreSQL's READ COMMITTED takes a
+    snapshot per statement: REPEATABLE READ takes one for the transaction."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN")  # ended by the rollback when the connection is returned
+        yield conn
 
 
 def _load(conn: Connection, which: ColumnElement[bool] | None, lock: bool = False) -> list[LedgerRecord]:

@@ -189,3 +189,37 @@ def test_a_record_holds_codes_only() -> None:
         referral(started=T0.replace(tzinfo=None))
     with pytest.raises(ValidationError, match="closure_reason"):
         referral(closed_at=T0 + timedelta(days=1))
+
+
+def test_a_read_never_mixes_two_versions_of_a_record(store: LedgerStore) -> None:
+    """A record read while another version is being written is one version or the other, never a
+    service of the new one with the offers of the old (each SELECT its own snapshot, before)."""
+    one = referral(services=[service(offers=[offer(after=None, outcome=None)], stage="awaiting_acceptance")])
+    store.upsert(one)
+    three = [offer(partner=p, after=None, outcome="timed_out") for p in ("cas-assoc", "cas-shelter", "nat-shelter-amal")]
+    versions = [
+        one.model_copy(update={"updated_at": T0 + i * HOUR, "services": [service(offers=three, stage="escalated")] if i % 2 else one.services})
+        for i in range(1, 400)
+    ]
+    torn: list[str] = []
+    done = threading.Event()
+
+    def write() -> None:
+        for version in versions:
+            store.upsert(version)
+        done.set()
+
+    def read() -> None:
+        while not done.is_set():
+            got = store.get(one.code)
+            assert got is not None
+            s = got.services[0]
+            if (s.stage == "escalated") != (len(s.offers) == 3):
+                torn.append(f"{s.stage} with {len(s.offers)} offer(s)")
+
+    threads = [threading.Thread(target=write), *(threading.Thread(target=read) for _ in range(2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert torn == []
